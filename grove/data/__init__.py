@@ -1,0 +1,1 @@
+"""Canonical data formats, converters, video decoding and the synthetic dataset."""

@@ -1,0 +1,1 @@
+"""Dagster orchestration of the GROVE lineage, and the `grove` command line."""

@@ -1,0 +1,30 @@
+"""The `grove` command: the user's entry point. Sub-commands live next to the code they drive."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from grove.data.cli import app as data_app
+
+app = typer.Typer(
+    name="grove",
+    help="GROVE grounded video captioning: data, annotation, training, inference, evaluation, orchestration.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(data_app, name="data", help="Synthetic data, conversion of official formats, video catalogs.")
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+if __name__ == "__main__":
+    app()
