@@ -1,0 +1,66 @@
+"""What the Pipes-side entry scripts share: reading their extras and talking to Dagster from rank 0.
+
+These scripts run under `torchrun` on whatever machine the launcher picked (this one, a Slurm
+node, a Kubernetes pod), so they import `dagster_pipes` only, never `dagster`. Every rank reads the
+extras (the job's parameters); only rank 0 opens the message channel, because the ranks would
+otherwise write interleaved messages into the one channel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Any, Iterator
+
+from dagster_pipes import PipesContext, PipesDefaultContextLoader, PipesEnvVarParamsLoader, open_dagster_pipes
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def read_extras() -> dict[str, Any]:
+    """The extras of the launching asset, readable from every rank."""
+    params = PipesEnvVarParamsLoader().load_context_params()
+    with PipesDefaultContextLoader().load_context(params) as data:
+        return dict(data.get("extras") or {})
+
+
+class _PipesLogHandler(logging.Handler):
+    """Forwards library log records to Dagster's event log, so training progress streams to the UI."""
+
+    def __init__(self, pipes: PipesContext) -> None:
+        super().__init__(level=logging.INFO)
+        self.pipes = pipes
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+            if record.levelno >= logging.ERROR:
+                self.pipes.log.error(message)
+            elif record.levelno >= logging.WARNING:
+                self.pipes.log.warning(message)
+            else:
+                self.pipes.log.info(message)
+        except Exception:  # a closed channel must not kill the job it reports on
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def pipes_on_rank_zero(loggers: tuple[str, ...] = ("grove", "evaluation")) -> Iterator[PipesContext | None]:
+    """Rank 0: the open Pipes context, with the named loggers streamed to Dagster. Other ranks: None."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if rank() != 0:
+        yield None
+        return
+    with open_dagster_pipes() as pipes:
+        handler = _PipesLogHandler(pipes)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        for name in loggers:
+            logging.getLogger(name).addHandler(handler)
+        try:
+            yield pipes
+        finally:
+            for name in loggers:
+                logging.getLogger(name).removeHandler(handler)

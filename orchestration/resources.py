@@ -1,0 +1,481 @@
+"""Dagster resources: where things live, MLflow tracking, DVC versioning, and the GPU launchers.
+
+Heavy clients (mlflow, kubernetes) are imported inside methods so that loading the definitions
+stays fast and needs neither.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import dagster as dg
+import yaml
+from pydantic import Field
+
+from orchestration.profile import REPO_ROOT
+
+log = logging.getLogger(__name__)
+
+# Where each node of the lineage lives under a profile's runs root. dvc.yaml names the same
+# paths for the demo profile (tests/orchestration checks that the two agree).
+LAYOUT: dict[str, str] = {
+    "synthetic": "raw/synthetic",
+    "catalog": "catalog/pool",
+    "shards": "annotation/shards",
+    "pool": "annotation/pool",
+    "iground": "benchmarks/iground",
+    "subsets": "subsets",
+    "pretrained": "checkpoints/pretrain",
+    "finetuned": "checkpoints/finetune",
+    "predictions": "predictions/iground",
+    "metrics": "metrics",
+    "reports": "reports",
+    "mlflow_db": "mlflow.db",
+    "mlartifacts": "mlartifacts",
+    "dagster_home": "dagster_home",
+}
+
+
+class PipelinePaths(dg.ConfigurableResource):
+    """The on-disk home of every asset: one runs root per profile (runs/<profile> by default)."""
+
+    root: str
+
+    def path(self, node: str, *parts: str) -> Path:
+        if node not in LAYOUT:
+            raise KeyError(f"unknown lineage node '{node}' (known: {', '.join(sorted(LAYOUT))})")
+        return Path(self.root).joinpath(LAYOUT[node], *parts)
+
+
+# --------------------------------------------------------------------------------------------
+# MLflow
+
+
+@dataclass
+class TrackedRun:
+    """One MLflow run, written through an explicit client (no global mlflow state)."""
+
+    client: Any
+    run_id: str
+    experiment_id: str
+    url: str
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        flat = [Param(key, str(value)[:6000]) for key, value in _flatten(params).items()]
+        for start in range(0, len(flat), 100):
+            self.client.log_batch(self.run_id, params=flat[start : start + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        self.log_history([(step, metrics)])
+
+    def log_history(self, records: Iterable[tuple[int, Mapping[str, float]]]) -> None:
+        """Metric curves: (step, {name: value}) records, written in batches."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(name, float(value), now, int(step))
+            for step, metrics in records
+            for name, value in metrics.items()
+            if isinstance(value, (int, float))
+        ]
+        for start in range(0, len(batch), 1000):
+            self.client.log_batch(self.run_id, metrics=batch[start : start + 1000])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, obj, artifact_file)
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """MLflow tracking: one run per materialisation of a model or evaluation asset partition.
+
+    The default backend is a SQLite file with a local artifact folder. SQLite takes one writer at a
+    time: the busy timeout makes concurrent steps wait instead of failing with "database is
+    locked", and the experiment is created once, before any run. Many concurrent writers (a
+    cluster) should point `tracking_uri` at an `mlflow server` in front of the database instead.
+    """
+
+    tracking_uri: str
+    artifact_location: str
+    experiment: str
+    ui_url: str = "http://127.0.0.1:5000"
+    registered_model: str = "grove"
+
+    @classmethod
+    def local(cls, root: str | os.PathLike[str], experiment: str) -> "MlflowResource":
+        root = Path(root).resolve()
+        return cls(
+            tracking_uri=f"sqlite:///{root / LAYOUT['mlflow_db']}?timeout=60",
+            artifact_location=(root / LAYOUT["mlartifacts"]).as_uri(),
+            experiment=experiment,
+        )
+
+    @property
+    def store_uri(self) -> str:
+        """The backend URI without the driver options, for `mlflow ui --backend-store-uri`."""
+        return self.tracking_uri.split("?", 1)[0]
+
+    def client(self) -> Any:
+        from mlflow import MlflowClient
+
+        if self.tracking_uri.startswith("sqlite:///"):
+            Path(self.store_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def experiment_id(self, client: Any | None = None) -> str:
+        """Get or create the experiment; a concurrent creator winning the race is not an error."""
+        client = client or self.client()
+        found = client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return client.create_experiment(self.experiment, artifact_location=self.artifact_location)
+        except Exception:
+            found = client.get_experiment_by_name(self.experiment)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        return f"{self.ui_url}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    @contextlib.contextmanager
+    def start_run(
+        self,
+        context: dg.AssetExecutionContext,
+        *,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> Iterator[TrackedRun]:
+        """A run for this asset partition, tagged with its Dagster lineage; FAILED if the body raises."""
+        client = self.client()
+        experiment_id = self.experiment_id(client)
+        asset_key = context.asset_key.to_user_string()
+        partition = context.partition_key if context.has_partition_key else ""
+        run_tags = {
+            "dagster.run_id": context.run.run_id,
+            "dagster.asset_key": asset_key,
+            "dagster.partition": partition,
+            "dagster.code_version": context.assets_def.code_versions_by_key.get(context.asset_key) or "",
+            "mlflow.runName": f"{asset_key}[{partition}]" if partition else asset_key,
+            **{key: str(value) for key, value in (tags or {}).items()},
+        }
+        run = client.create_run(experiment_id, tags=run_tags)
+        tracked = TrackedRun(client, run.info.run_id, experiment_id, self.run_url(experiment_id, run.info.run_id))
+        if params:
+            tracked.log_params(params)
+        try:
+            yield tracked
+        except BaseException:
+            client.set_terminated(tracked.run_id, status="FAILED")
+            raise
+        client.set_terminated(tracked.run_id, status="FINISHED")
+
+    def register(self, run: TrackedRun, artifact_path: str, alias: str, tags: Mapping[str, str] | None = None) -> str:
+        """Register `runs:/<run>/<artifact_path>` as a new model version and point `alias` at it."""
+        _ensure_registered_model(run.client, self.registered_model)
+        version = run.client.create_model_version(
+            self.registered_model, source=f"runs:/{run.run_id}/{artifact_path}", run_id=run.run_id, tags=tags
+        )
+        run.client.set_registered_model_alias(self.registered_model, alias, version.version)
+        return str(version.version)
+
+
+def _ensure_registered_model(client: Any, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name)
+
+
+def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+# --------------------------------------------------------------------------------------------
+# DVC
+
+
+class DvcError(RuntimeError):
+    """A DVC command failed; the message names the command, the repository and DVC's own error."""
+
+
+def dvc_md5(path: str | os.PathLike[str]) -> str:
+    """The hash DVC 3 records for an output, computed without DVC.
+
+    A file: the md5 of its bytes. A directory: the md5 of the JSON list of its files'
+    `{"md5", "relpath"}` sorted by relpath, with the `.dir` suffix (dvc_data's Tree.digest).
+    Shard partitions use it directly: DVC versions the whole shard folder, not each shard.
+    """
+    path = Path(path)
+    if path.is_file():
+        return _file_md5(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file or directory to hash")
+    entries = [
+        {"md5": _file_md5(file), "relpath": file.relative_to(path).as_posix()}
+        for file in path.rglob("*")
+        if file.is_file()
+    ]
+    entries.sort(key=lambda entry: entry["relpath"])
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
+
+
+def _file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def combine_versions(hashes: Sequence[str]) -> str:
+    """One data version for an asset with several outputs."""
+    if len(hashes) == 1:
+        return hashes[0]
+    return hashlib.sha256("\n".join(hashes).encode()).hexdigest()[:32]
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """A cross-process lock: DVC's own repository lock fails instead of waiting (dvc #10752)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class DvcResource(dg.ConfigurableResource):
+    """Runs DVC one command at a time, and turns DVC output hashes into Dagster data versions.
+
+    With `enabled`, `record(stage, outputs)` commits the stage (dvc.lock gets the hashes, the cache
+    the data) and reads the outputs' hashes back from dvc.lock. Without it (a runs root that
+    dvc.yaml does not describe, or no DVC installed) the same hashes are computed by `dvc_md5`.
+    """
+
+    repo: str = str(REPO_ROOT)
+    executable: str = ""
+    enabled: bool = True
+    timeout_s: float = 1800.0
+
+    def dvc_executable(self) -> str:
+        if self.executable:
+            return self.executable
+        local = Path(self.repo) / ".venv-dvc" / "bin" / "dvc"
+        return str(local) if local.exists() else (shutil.which("dvc") or "dvc")
+
+    def run(self, *args: str) -> str:
+        command = [self.dvc_executable(), *args]
+        with _exclusive(Path(self.repo) / ".dvc" / "tmp" / "grove-serial.lock"):
+            try:
+                proc = subprocess.run(
+                    command, cwd=self.repo, capture_output=True, text=True, timeout=self.timeout_s, check=False
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise DvcError(f"`{' '.join(command)}` in {self.repo}: {exc}") from exc
+        if proc.returncode != 0:
+            raise DvcError(f"`{' '.join(command)}` in {self.repo} failed ({proc.returncode}): {proc.stderr.strip()}")
+        return proc.stdout
+
+    def locked_hashes(self) -> dict[str, str]:
+        """Output path (relative to the repository) → hash, from dvc.lock."""
+        lock_file = Path(self.repo) / "dvc.lock"
+        if not lock_file.exists():
+            return {}
+        try:
+            lock = yaml.safe_load(lock_file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise DvcError(f"{lock_file}: not valid YAML: {exc}") from exc
+        return {
+            out["path"]: out.get("md5") or out.get("hash", "")
+            for stage in lock.get("stages", {}).values()
+            for out in stage.get("outs", [])
+        }
+
+    def record(self, stage: str | None, outputs: Sequence[str | os.PathLike[str]]) -> str:
+        """Commit `stage` when DVC runs here and return the outputs' DVC hashes as one data version."""
+        if not (self.enabled and stage):
+            return combine_versions([dvc_md5(out) for out in outputs])
+        self.run("commit", "--force", stage)
+        locked = self.locked_hashes()
+        hashes = []
+        for out in outputs:
+            relative = os.path.relpath(Path(out).resolve(), Path(self.repo).resolve())
+            if relative not in locked:
+                raise DvcError(f"{Path(self.repo) / 'dvc.lock'}: stage '{stage}' recorded no output '{relative}'")
+            hashes.append(locked[relative])
+        return combine_versions(hashes)
+
+
+# --------------------------------------------------------------------------------------------
+# GPU launchers (Dagster Pipes)
+
+
+class LauncherError(RuntimeError):
+    """A launcher is misconfigured or its cluster client is not installed."""
+
+
+class PipesLauncher(dg.ConfigurableResource, ABC):
+    """Runs a Pipes-side entry module (orchestration.pipes_train / pipes_infer) somewhere.
+
+    Assets ask for a `PipesLauncher`; the definitions pick the implementation, so moving training
+    from this machine to Slurm or Kubernetes changes one resource, never an asset.
+    """
+
+    nproc_per_node: int = Field(default=1, ge=1, description="torchrun processes (GPUs) per node")
+
+    def torchrun_command(self, module: str, args: Sequence[str] = (), python: str = sys.executable) -> list[str]:
+        return [
+            python,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={self.nproc_per_node}",
+            "-m",
+            module,
+            *args,
+        ]
+
+    @abstractmethod
+    def run(
+        self,
+        context: dg.AssetExecutionContext,
+        *,
+        module: str,
+        args: Sequence[str] = (),
+        extras: Mapping[str, Any] | None = None,
+    ) -> dg.PipesClientCompletedInvocation: ...
+
+
+class TorchrunLauncher(PipesLauncher):
+    """`torchrun` in a subprocess on this machine, or behind a `prefix` such as `srun` on Slurm.
+
+    On Slurm the job runs on another node, so the Pipes context travels in environment variables
+    (which srun exports) and messages through a file in `shared_dir`, a folder both nodes see.
+    """
+
+    prefix: list[str] = Field(default_factory=list, description="e.g. ['srun', '--nodes=1', '--gpus-per-node=8']")
+    shared_dir: str = Field(default="", description="folder visible to the launching and the compute node")
+    python: str = ""
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str = str(REPO_ROOT)
+
+    def command(self, module: str, args: Sequence[str] = ()) -> list[str]:
+        return [*self.prefix, *self.torchrun_command(module, args, self.python or sys.executable)]
+
+    def client(self) -> dg.PipesSubprocessClient:
+        env = {"PYTHONPATH": os.pathsep.join(filter(None, [self.cwd, os.environ.get("PYTHONPATH", "")])), **self.env}
+        if not self.shared_dir:
+            return dg.PipesSubprocessClient(env=env, cwd=self.cwd)
+        shared = Path(self.shared_dir)
+        shared.mkdir(parents=True, exist_ok=True)
+        messages = shared / f"pipes-messages-{os.getpid()}-{time.time_ns()}.jsonl"
+        return dg.PipesSubprocessClient(
+            env=env,
+            cwd=self.cwd,
+            context_injector=dg.PipesEnvContextInjector(),
+            message_reader=dg.PipesFileMessageReader(str(messages)),
+        )
+
+    def run(
+        self,
+        context: dg.AssetExecutionContext,
+        *,
+        module: str,
+        args: Sequence[str] = (),
+        extras: Mapping[str, Any] | None = None,
+    ) -> dg.PipesClientCompletedInvocation:
+        command = self.command(module, args)
+        context.log.info(f"launching: {' '.join(command)}")
+        return self.client().run(context=context, command=command, extras=dict(extras or {}))
+
+
+class K8sLauncher(PipesLauncher):
+    """One pod per training or inference step through dagster-k8s' PipesK8sClient.
+
+    The runs root must be a shared volume mounted in the pod at the same absolute path, since the
+    extras carry paths. Needs `pip install dagster-k8s` and a kubeconfig (or in-cluster config).
+    """
+
+    image: str
+    namespace: str = "default"
+    gpus_per_pod: int = Field(default=1, ge=0)
+    volume_claim: str = Field(default="", description="PersistentVolumeClaim holding the runs root")
+    mount_path: str = Field(default="", description="where the claim is mounted: the runs root's path")
+    env: dict[str, str] = Field(default_factory=dict)
+
+    def pod_spec(self, command: Sequence[str]) -> dict[str, Any]:
+        container: dict[str, Any] = {
+            "name": "grove",
+            "image": self.image,
+            "command": list(command),
+            "env": [{"name": key, "value": value} for key, value in sorted(self.env.items())],
+        }
+        if self.gpus_per_pod:
+            container["resources"] = {"limits": {"nvidia.com/gpu": str(self.gpus_per_pod)}}
+        spec: dict[str, Any] = {"containers": [container], "restart_policy": "Never"}
+        if self.volume_claim:
+            if not self.mount_path:
+                raise LauncherError("K8sLauncher: volume_claim needs mount_path (the runs root's absolute path)")
+            container["volume_mounts"] = [{"name": "runs", "mount_path": self.mount_path}]
+            spec["volumes"] = [{"name": "runs", "persistent_volume_claim": {"claim_name": self.volume_claim}}]
+        return spec
+
+    def run(
+        self,
+        context: dg.AssetExecutionContext,
+        *,
+        module: str,
+        args: Sequence[str] = (),
+        extras: Mapping[str, Any] | None = None,
+    ) -> dg.PipesClientCompletedInvocation:
+        try:
+            from dagster_k8s import PipesK8sClient
+        except ImportError as exc:
+            raise LauncherError("K8sLauncher needs dagster-k8s: pip install dagster-k8s") from exc
+        command = self.torchrun_command(module, args, python="python")
+        return PipesK8sClient().run(
+            context=context,
+            extras=dict(extras or {}),
+            namespace=self.namespace,
+            base_pod_spec=self.pod_spec(command),
+        )

@@ -1,0 +1,234 @@
+"""Resources: DVC hashing and serialisation, MLflow runs, the Pipes launchers (torchrun, Slurm, Kubernetes)."""
+
+
+import os
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from orchestration.profile import REPO_ROOT
+from orchestration.resources import (
+    DvcResource,
+    K8sLauncher,
+    LauncherError,
+    MlflowResource,
+    PipelinePaths,
+    TorchrunLauncher,
+    combine_versions,
+    dvc_md5,
+)
+
+DVC = str(REPO_ROOT / ".venv-dvc" / "bin" / "dvc")
+
+
+def _dvc_repo(tmp_path: Path, stages: dict[str, list[str]]) -> Path:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run([DVC, "init", "--no-scm", "-q"], cwd=repo, check=True)
+    subprocess.run([DVC, "config", "core.analytics", "false"], cwd=repo, check=True)
+    dvc_yaml = {"stages": {name: {"cmd": "true", "outs": outs} for name, outs in stages.items()}}
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml))
+    return repo
+
+
+def _write_tree(root: Path) -> None:
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / "a.parquet").write_bytes(b"\x00\x01binary" * 100)
+    (root / "sub" / "b.txt").write_text("line one\r\nline two\n")
+    (root / "sub" / "deeper" / "c.json").write_text('{"x": 1}')
+
+
+def test_dvc_md5_equals_the_hash_dvc_records(tmp_path):
+    repo = _dvc_repo(tmp_path, {"folder": ["data/folder"], "single": ["data/file.bin"]})
+    _write_tree(repo / "data" / "folder")
+    (repo / "data" / "file.bin").write_bytes(os.urandom(3000))
+    dvc = DvcResource(repo=str(repo), executable=DVC)
+
+    folder_version = dvc.record("folder", [repo / "data" / "folder"])
+    file_version = dvc.record("single", [repo / "data" / "file.bin"])
+
+    assert folder_version == dvc_md5(repo / "data" / "folder")
+    assert folder_version.endswith(".dir")
+    assert file_version == dvc_md5(repo / "data" / "file.bin")
+    assert dvc.locked_hashes()["data/file.bin"] == file_version
+    # Without DVC the same versions come from dvc_md5, so data versions never depend on DVC being there.
+    assert DvcResource(repo=str(repo), enabled=False).record("folder", [repo / "data" / "folder"]) == folder_version
+
+
+def test_dvc_commands_are_serialised_across_threads(tmp_path):
+    stages = {f"s{i}": [f"out{i}"] for i in range(4)}
+    repo = _dvc_repo(tmp_path, stages)
+    for i in range(4):
+        (repo / f"out{i}").write_text(f"content {i}")
+    dvc = DvcResource(repo=str(repo), executable=DVC)
+    # DVC's own repository lock fails (instead of waiting) under parallel commands; ours waits.
+    with ThreadPoolExecutor(4) as pool:
+        versions = list(pool.map(lambda i: dvc.record(f"s{i}", [repo / f"out{i}"]), range(4)))
+    assert versions == [dvc_md5(repo / f"out{i}") for i in range(4)]
+    assert len(dvc.locked_hashes()) == 4
+
+
+def test_dvc_errors_name_the_command_and_the_missing_output(tmp_path):
+    repo = _dvc_repo(tmp_path, {"made": ["made.txt"]})
+    dvc = DvcResource(repo=str(repo), executable=DVC)
+    with pytest.raises(Exception, match="dvc commit --force made"):
+        dvc.record("made", [repo / "made.txt"])  # the output does not exist yet
+    (repo / "made.txt").write_text("x")
+    with pytest.raises(Exception, match="recorded no output 'other.txt'"):
+        dvc.record("made", [repo / "other.txt"])
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        dvc_md5(repo / "absent")
+
+
+def test_combined_versions_are_order_sensitive_and_stable():
+    assert combine_versions(["a"]) == "a"
+    assert combine_versions(["a", "b"]) == combine_versions(["a", "b"]) != combine_versions(["b", "a"])
+
+
+def test_paths_name_every_lineage_node(tmp_path):
+    paths = PipelinePaths(root=str(tmp_path))
+    assert paths.path("subsets", "small") == tmp_path / "subsets" / "small"
+    with pytest.raises(KeyError, match="unknown lineage node 'nope'"):
+        paths.path("nope")
+
+
+def test_mlflow_run_per_materialisation_is_tagged_with_its_lineage(tmp_path):
+    mlflow_resource = MlflowResource.local(tmp_path, experiment="grove-test")
+    sizes = dg.StaticPartitionsDefinition(["small", "large"])
+
+    @dg.asset(partitions_def=sizes, code_version="v7")
+    def tracked(context: dg.AssetExecutionContext, mlflow: MlflowResource) -> dg.MaterializeResult:
+        with mlflow.start_run(context, params={"model": {"config": "tiny"}}, tags={"dvc.input": "abc.dir"}) as run:
+            run.log_history([(1, {"loss": 2.0}), (2, {"loss": 1.5})])
+            report = tmp_path / "report.json"
+            report.write_text("{}")
+            run.log_artifact(report, "reports")
+            version = mlflow.register(run, "reports", alias="champion")
+        return dg.MaterializeResult(metadata={"mlflow_run": dg.MetadataValue.url(run.url), "version": version})
+
+    result = dg.materialize([tracked], resources={"mlflow": mlflow_resource}, partition_key="large")
+    assert result.success
+
+    client = mlflow_resource.client()
+    experiment = client.get_experiment_by_name("grove-test")
+    assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["dagster.run_id"] == result.run_id
+    assert run.data.tags["dagster.asset_key"] == "tracked"
+    assert run.data.tags["dagster.partition"] == "large"
+    assert run.data.tags["dagster.code_version"] == "v7"
+    assert run.data.tags["dvc.input"] == "abc.dir"
+    assert run.data.params["model.config"] == "tiny"
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [2.0, 1.5]
+    assert client.get_model_version_by_alias("grove", "champion").run_id == run.info.run_id
+
+
+def test_mlflow_run_is_marked_failed_when_the_asset_fails(tmp_path):
+    mlflow_resource = MlflowResource.local(tmp_path, experiment="grove-test")
+
+    @dg.asset
+    def broken(context: dg.AssetExecutionContext, mlflow: MlflowResource) -> None:
+        with mlflow.start_run(context):
+            raise RuntimeError("training diverged")
+
+    result = dg.materialize([broken], resources={"mlflow": mlflow_resource}, raise_on_error=False)
+    assert not result.success
+    client = mlflow_resource.client()
+    (run,) = client.search_runs([mlflow_resource.experiment_id(client)])
+    assert run.info.status == "FAILED"
+
+
+PIPES_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    from orchestration.pipes_side import pipes_on_rank_zero, rank, read_extras
+
+    extras = read_extras()
+    out = os.path.join(extras["out"], f"rank{rank()}.json")
+    with open(out, "w") as handle:
+        json.dump({"world": os.environ.get("WORLD_SIZE"), "extras": extras}, handle)
+    with pipes_on_rank_zero() as pipes:
+        if pipes is not None:
+            pipes.report_custom_message({"step": 1, "metrics": {"loss": 0.5}})
+            pipes.report_asset_materialization(metadata={"ranks_seen": int(os.environ["WORLD_SIZE"])})
+    """
+)
+
+
+def _launch(tmp_path: Path, launcher: TorchrunLauncher) -> tuple[dg.ExecuteInProcessResult, list]:
+    (tmp_path / "pipes_probe.py").write_text(PIPES_SCRIPT)
+    messages: list = []
+
+    @dg.asset
+    def launched(context: dg.AssetExecutionContext, launcher: TorchrunLauncher) -> dg.MaterializeResult:
+        invocation = launcher.run(context, module="pipes_probe", extras={"out": str(tmp_path)})
+        messages.extend(invocation.get_custom_messages())
+        return invocation.get_materialize_result()
+
+    return dg.materialize([launched], resources={"launcher": launcher}), messages
+
+
+def _probe_env(tmp_path: Path) -> dict[str, str]:
+    return {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO_ROOT)])}
+
+
+def test_torchrun_launcher_runs_every_rank_and_only_rank_zero_reports(tmp_path):
+    launcher = TorchrunLauncher(nproc_per_node=2, env=_probe_env(tmp_path))
+    result, messages = _launch(tmp_path, launcher)
+
+    assert result.success
+    for r in (0, 1):
+        written = yaml.safe_load((tmp_path / f"rank{r}.json").read_text())
+        assert written["world"] == "2" and written["extras"] == {"out": str(tmp_path)}
+    (materialization,) = result.asset_materializations_for_node("launched")
+    assert materialization.metadata["ranks_seen"].value == 2
+    assert messages == [{"step": 1, "metrics": {"loss": 0.5}}]
+
+
+def test_slurm_style_launch_passes_context_by_env_and_messages_through_a_shared_folder(tmp_path):
+    shared = tmp_path / "shared"
+    # `env` stands in for `srun`: a prefix that runs the command elsewhere with the same environment.
+    launcher = TorchrunLauncher(prefix=["env"], shared_dir=str(shared), env=_probe_env(tmp_path))
+    assert launcher.command("pipes_probe")[:4] == ["env", sys.executable, "-m", "torch.distributed.run"]
+    result, messages = _launch(tmp_path, launcher)
+    assert result.success
+    assert messages == [{"step": 1, "metrics": {"loss": 0.5}}]
+
+
+def test_launcher_config_is_validated():
+    with pytest.raises(Exception, match="nproc_per_node"):
+        TorchrunLauncher(nproc_per_node=0)
+    with pytest.raises(Exception, match="image"):
+        K8sLauncher()  # an image is required
+
+
+def test_k8s_launcher_pod_spec_requests_gpus_and_mounts_the_runs_root():
+    launcher = K8sLauncher(image="grove:latest", nproc_per_node=4, gpus_per_pod=4, volume_claim="runs", mount_path="/runs")
+    command = launcher.torchrun_command("orchestration.pipes_train", python="python")
+    spec = launcher.pod_spec(command)
+    (container,) = spec["containers"]
+    assert container["command"][:5] == ["python", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert container["volume_mounts"] == [{"name": "runs", "mount_path": "/runs"}]
+    assert spec["volumes"][0]["persistent_volume_claim"]["claim_name"] == "runs"
+    assert spec["restart_policy"] == "Never"
+    with pytest.raises(LauncherError, match="mount_path"):
+        K8sLauncher(image="grove:latest", volume_claim="runs").pod_spec(command)
+
+
+def test_k8s_launcher_says_what_to_install_when_dagster_k8s_is_absent(monkeypatch):
+    monkeypatch.setitem(sys.modules, "dagster_k8s", None)  # makes `import dagster_k8s` fail
+
+    @dg.asset
+    def on_cluster(context: dg.AssetExecutionContext, launcher: K8sLauncher) -> None:
+        launcher.run(context, module="orchestration.pipes_train")
+
+    with pytest.raises(LauncherError, match="pip install dagster-k8s"):
+        dg.materialize([on_cluster], resources={"launcher": K8sLauncher(image="grove:latest")})
