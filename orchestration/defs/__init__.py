@@ -1,0 +1,1 @@
+"""Dagster definitions, one folder per domain of the lineage (ARCHITECTURE.md, asset groups)."""
