@@ -368,8 +368,8 @@ def _phrase_index(label: str, phrases: list[str], lowered: list[str]) -> int:
     return lowered.index(label) if label in lowered else -1
 
 
-class _Columns:
-    """Column lists of the box table, filled clip by clip (much faster than one dict per row)."""
+class BoxColumns:
+    """The box table as column lists, filled box by box (much faster than one dict per row)."""
 
     def __init__(self) -> None:
         self.data: dict[str, list[Any]] = {name: [] for name in BOX_SCHEMA.names}
@@ -407,7 +407,7 @@ def _check_record(record: Any, where: str) -> None:
         raise RecordError(f"{where}: {len(record['bboxes'])} frames of bboxes but {len(record['labels'])} frames of labels")
 
 
-def _add_boxes(key: str, record: dict[str, Any], row: dict[str, Any], where: str, columns: _Columns,
+def _add_boxes(key: str, record: dict[str, Any], row: dict[str, Any], where: str, columns: BoxColumns,
                layout: dict[str, Any]) -> None:
     """Append the record's boxes to `columns`; note in `layout` how its frames were spelled."""
     step = frame_step(row["fps"])
@@ -436,7 +436,7 @@ def _add_boxes(key: str, record: dict[str, Any], row: dict[str, Any], where: str
         layout["int_mask"] = int_mask
 
 
-def _convert_record(key: str, record: Any, dataset: str, split: str, source: str, columns: _Columns) -> dict[str, Any]:
+def _convert_record(key: str, record: Any, dataset: str, split: str, source: str, columns: BoxColumns) -> dict[str, Any]:
     """One official record -> its clip row (returned) and its box rows (appended to `columns`)."""
     where = f"{source}: clip {key!r}"
     _check_record(record, where)
@@ -472,7 +472,7 @@ def _convert_record(key: str, record: Any, dataset: str, split: str, source: str
 def _tables(items: Iterable[tuple[str, Any, str]], total: int, dataset: str, split: str,
             on_progress: ProgressFn | None) -> tuple[pa.Table, pa.Table]:
     """(key, record, source file) items -> (clip table, box table)."""
-    clip_rows, columns = [], _Columns()
+    clip_rows, columns = [], BoxColumns()
     for done, (key, record, source) in enumerate(items, 1):
         if type(key) is not str:
             raise RecordError(f"{source}: clip keys must be strings, got {key!r}")
