@@ -25,6 +25,20 @@ if ! command -v java >/dev/null 2>&1; then
   fi
 fi
 
+# torchcodec, one of the video backends, loads FFmpeg's shared libraries from the system (PyAV and
+# decord bundle their own). It is optional: without FFmpeg it reports itself unavailable, the rest runs.
+has_ffmpeg_libs() { { ldconfig -p 2>/dev/null || /sbin/ldconfig -p 2>/dev/null; } | grep -q 'libavcodec\.so\.'; }
+if ! has_ffmpeg_libs; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: no FFmpeg libraries; installing Debian's ffmpeg (for the torchcodec video backend)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null; } \
+      || echo "setup: note: installing ffmpeg failed; the torchcodec backend stays off (PyAV and decord work)" >&2
+  else
+    echo "setup: note: FFmpeg's shared libraries are missing, so the torchcodec video backend is off" >&2
+    echo "       (PyAV and decord still decode). To enable it:  sudo apt-get install -y ffmpeg" >&2
+  fi
+fi
+
 stamp_of() { cat "$@" | sha256sum | cut -c1-16; }
 
 project_stamp=$(stamp_of pyproject.toml)
