@@ -1,0 +1,305 @@
+"""One configuration class for the GROVE model, with named profiles.
+
+`GroveConfig.paper()` is the GLaMM-based setup of the paper (grove_spec.md 1, 2): Vicuna-7B-class
+LLaMA, CLIP ViT-L/14-336 read at its penultimate layer, SAM ViT-H at 512 px with 4 spatio-temporal
+adapters after its global-attention blocks, 8 frames, 576 video tokens, a 256-d query.
+`GroveConfig.tiny()` keeps every class and every code path but shrinks the dimensions so that one
+training step of one clip takes a few tens of milliseconds on one CPU core.
+
+The transformers sub-configs are plain dicts (keyword arguments of LlamaConfig, CLIPVisionConfig,
+SamVisionConfig, SamMaskDecoderConfig and, for `grounding_encoder="sam2"`, Sam2HieraDetConfig /
+Sam2VisionConfig), so the whole config round-trips through JSON (`to_dict` / `from_dict`) and a
+checkpoint can carry it. `*_source` fields name a local folder or hub id to load pretrained weights
+from (`save_pretrained` layout); `None` means random initialisation from the dict.
+
+Freezing (grove_spec 2.2): `freezing="paper"` trains the adapters, the interpolated SAM position
+embeddings, the box decoder, both heads, both projectors and the LLM's `embed_tokens` and `lm_head`;
+`freezing="full"` trains everything the forward pass uses (the `tiny` default: a randomly initialised
+backbone has nothing to keep frozen). Table 6's ablations: `unfreeze=False` also freezes the box
+decoder and the VL/LQ projectors; `sam_adapters=False` removes the adapters.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+GroundingEncoder = Literal["sam", "sam2"]
+Freezing = Literal["paper", "full"]
+
+PROFILES = ("tiny", "paper")
+FREEZING_MODES = ("paper", "full")
+GROUNDING_ENCODERS = ("sam", "sam2")
+
+
+@dataclass
+class GroveConfig:
+    profile: str = "tiny"
+    num_frames: int = 8
+    global_image_size: int = 64
+    grounding_image_size: int = 96
+    grounding_encoder: GroundingEncoder = "sam"
+
+    # global encoder: CLIP hidden_states[clip_select_layer] patch tokens, pooled to video_pool (t, h, w)
+    clip_select_layer: int = -2
+    video_pool: tuple[int, int, int] = (8, 4, 4)
+    clip_adapters: bool = False
+    clip_adapter_every: int = 3
+    sam_adapters: bool = True
+    adapter_kernel_size: int = 3
+
+    llm: dict[str, Any] = field(default_factory=dict)
+    clip: dict[str, Any] = field(default_factory=dict)
+    sam: dict[str, Any] = field(default_factory=dict)
+    sam_decoder: dict[str, Any] = field(default_factory=dict)
+    sam2: dict[str, Any] = field(default_factory=dict)
+
+    # pretrained components: a local folder or hub id each (None: random init from the dicts above)
+    llm_source: str | None = None
+    clip_source: str | None = None
+    sam_source: str | None = None
+    # "tiny-wordpiece" builds the download-free tokenizer; anything else is a path or hub id
+    tokenizer_source: str = "tiny-wordpiece"
+    tiny_vocab_size: int = 8192
+    max_length: int = 1536
+
+    ce_weight: float = 1.0
+    giou_weight: float = 2.0
+    l1_weight: float = 2.0
+    tobj_weight: float = 2.0
+    use_objectness: bool = True
+    objectness_threshold: float = 0.5
+
+    freezing: Freezing = "full"
+    unfreeze: bool = True
+    dtype: str = "float32"
+    # the LLM's attention kernel: "sdpa", "eager", or "flash_attention_2" where flash-attn is installed
+    attn_implementation: str = "sdpa"
+    # seed of the random initialisation, so frozen random weights are the same in every process
+    init_seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.video_pool = tuple(int(v) for v in self.video_pool)  # type: ignore[assignment]
+        self.validate()
+
+    # ------------------------------------------------------------------ profiles
+    @classmethod
+    def tiny(cls, **overrides: Any) -> "GroveConfig":
+        """Small random-init model: trains on 2 CPU cores in minutes on the synthetic dataset."""
+        base = dict(
+            profile="tiny",
+            global_image_size=64,
+            grounding_image_size=96,
+            video_pool=(8, 4, 4),
+            clip_adapters=False,
+            llm=dict(
+                vocab_size=8192,
+                hidden_size=128,
+                intermediate_size=256,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=4,
+                max_position_embeddings=1024,
+                rms_norm_eps=1e-5,
+                tie_word_embeddings=False,
+            ),
+            clip=dict(
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                image_size=64,
+                patch_size=8,
+                hidden_act="quick_gelu",
+            ),
+            sam=dict(
+                hidden_size=64,
+                output_channels=64,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                image_size=96,
+                patch_size=8,
+                window_size=4,
+                global_attn_indexes=[1, 3],
+                mlp_ratio=2.0,
+                num_pos_feats=32,
+            ),
+            sam_decoder=dict(
+                hidden_size=64,
+                mlp_dim=256,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                iou_head_hidden_dim=64,
+            ),
+            sam2=dict(
+                backbone=dict(
+                    hidden_size=32,
+                    num_attention_heads=1,
+                    blocks_per_stage=[1, 1, 2, 1],
+                    embed_dim_per_stage=[32, 64, 96, 128],
+                    num_attention_heads_per_stage=[1, 1, 2, 2],
+                    window_size_per_stage=[4, 2, 4, 2],
+                    global_attention_blocks=[2, 4],
+                    window_positional_embedding_background_size=[4, 4],
+                ),
+                fpn_hidden_size=64,
+            ),
+            tokenizer_source="tiny-wordpiece",
+            tiny_vocab_size=8192,
+            max_length=512,
+            freezing="full",
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> "GroveConfig":
+        """The paper's model (grove_spec 1): Vicuna-7B, CLIP ViT-L/14-336, SAM ViT-H at 512 px.
+
+        Sources default to the public HF-format checkpoints of each component; point them at local
+        folders on an offline cluster. GLaMM's own projector / LQ weights are not in these sources.
+        """
+        base = dict(
+            profile="paper",
+            global_image_size=336,
+            grounding_image_size=512,
+            video_pool=(8, 8, 9),
+            clip_adapters=False,
+            llm=dict(
+                vocab_size=32000,
+                hidden_size=4096,
+                intermediate_size=11008,
+                num_hidden_layers=32,
+                num_attention_heads=32,
+                num_key_value_heads=32,
+                max_position_embeddings=4096,
+                rms_norm_eps=1e-5,
+                tie_word_embeddings=False,
+            ),
+            clip=dict(
+                hidden_size=1024,
+                intermediate_size=4096,
+                num_hidden_layers=24,
+                num_attention_heads=16,
+                image_size=336,
+                patch_size=14,
+                projection_dim=768,
+                hidden_act="quick_gelu",
+            ),
+            sam=dict(
+                hidden_size=1280,
+                output_channels=256,
+                num_hidden_layers=32,
+                num_attention_heads=16,
+                image_size=512,
+                patch_size=16,
+                window_size=14,
+                global_attn_indexes=[7, 15, 23, 31],
+                mlp_ratio=4.0,
+                num_pos_feats=128,
+            ),
+            sam_decoder=dict(
+                hidden_size=256,
+                mlp_dim=2048,
+                num_hidden_layers=2,
+                num_attention_heads=8,
+                iou_head_hidden_dim=256,
+            ),
+            # SAM2.1 Hiera-L, for grounding_encoder="sam2"
+            sam2=dict(
+                backbone=dict(
+                    hidden_size=144,
+                    num_attention_heads=2,
+                    blocks_per_stage=[2, 6, 36, 4],
+                    embed_dim_per_stage=[144, 288, 576, 1152],
+                    num_attention_heads_per_stage=[2, 4, 8, 16],
+                    window_size_per_stage=[8, 4, 16, 8],
+                    global_attention_blocks=[23, 33, 43],
+                    window_positional_embedding_background_size=[7, 7],
+                ),
+                fpn_hidden_size=256,
+            ),
+            llm_source="lmsys/vicuna-7b-v1.5",
+            clip_source="openai/clip-vit-large-patch14-336",
+            sam_source="facebook/sam-vit-huge",
+            tokenizer_source="lmsys/vicuna-7b-v1.5",
+            max_length=1536,
+            freezing="paper",
+            dtype="bfloat16",
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
+    def from_profile(cls, name: str, **overrides: Any) -> "GroveConfig":
+        if name not in PROFILES:
+            raise ValueError(f"unknown model profile {name!r}; expected one of {PROFILES}")
+        return getattr(cls, name)(**overrides)
+
+    # ------------------------------------------------------------------ derived sizes
+    @property
+    def num_video_tokens(self) -> int:
+        t, h, w = self.video_pool
+        return t * h * w
+
+    @property
+    def decoder_dim(self) -> int:
+        return int(self.sam_decoder.get("hidden_size", 256))
+
+    @property
+    def grounding_feature_size(self) -> int:
+        """Side of the grounding feature map the decoder attends to (stride 16 for SAM2's lowest level)."""
+        if self.grounding_encoder == "sam":
+            return self.grounding_image_size // int(self.sam.get("patch_size", 16))
+        return self.grounding_image_size // 16
+
+    # ------------------------------------------------------------------ checks and (de)serialisation
+    def validate(self) -> None:
+        if self.grounding_encoder not in GROUNDING_ENCODERS:
+            raise ValueError(f"grounding_encoder must be one of {GROUNDING_ENCODERS}, got {self.grounding_encoder!r}")
+        if self.freezing not in FREEZING_MODES:
+            raise ValueError(f"freezing must be one of {FREEZING_MODES}, got {self.freezing!r}")
+        if len(self.video_pool) != 3:
+            raise ValueError(f"video_pool must be (t, h, w), got {self.video_pool!r}")
+        if self.video_pool[0] > self.num_frames:
+            raise ValueError(f"video_pool t={self.video_pool[0]} exceeds num_frames={self.num_frames}")
+        if self.clip_select_layer >= 0:
+            raise ValueError("clip_select_layer counts from the end (e.g. -2 for the penultimate layer)")
+        sam_patch = int(self.sam.get("patch_size", 16))
+        if self.grounding_encoder == "sam" and self.grounding_image_size % sam_patch:
+            raise ValueError(f"grounding_image_size {self.grounding_image_size} is not a multiple of the SAM patch {sam_patch}")
+        if self.grounding_encoder == "sam2" and self.grounding_image_size % 32:
+            raise ValueError(f"grounding_image_size {self.grounding_image_size} must be a multiple of 32 for SAM2")
+        if self.sam.get("num_pos_feats", 128) * 2 != self.decoder_dim:
+            raise ValueError("sam.num_pos_feats * 2 must equal sam_decoder.hidden_size (the image PE width)")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["video_pool"] = list(self.video_pool)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GroveConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown GroveConfig fields: {unknown}")
+        return cls(**copy.deepcopy(data))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> "GroveConfig":
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: not a valid GroveConfig: {exc}") from exc
+
+    def replace(self, **changes: Any) -> "GroveConfig":
+        return dataclasses.replace(self, **changes)

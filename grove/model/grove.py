@@ -1,0 +1,326 @@
+"""GroveModel: the GROVE grounded video captioner (grove_spec 1, 2.1).
+
+    global_pixels (B,T,3,Sg,Sg) -> CLIP (penultimate layer) -> [adapters] -> AdaptiveAvgPool3d -> VL projector
+        -> N video tokens spliced into the llava_v1 conversation in place of `<video>` -> LLaMA
+    hidden state just before each [DET] -> LQ projector -> one query per phrase
+    grounding_pixels (B,T,3,Sd,Sd) -> SAM ViT + adapters after its global blocks -> (B,T,C,s,s)
+    per (frame, phrase): SAM two-way decoder with the query as the sparse prompt -> box head (sigmoid
+        normalised cxcywh) and objectness head (logit)
+
+Interface (stable; what training and inference build on):
+- `GroveModel.from_config(config, device="cpu", tokenizer=None, pretrained=True)`; `model.processor` is
+  the GroveProcessor that shares the model's tokenizer.
+- `forward(batch) -> GroveOutput(loss, losses={"ce","giou","l1","tobj"}, pred_boxes, objectness_logits)`,
+  `batch` as made by `GroveProcessor.collate`.
+- `generate(global_pixels, max_new_tokens=64, question=None)`: greedy tagged answer(s); one clip
+  (T,3,S,S) gives a str, a batch (B,T,3,S,S) a list. `generate_ids` returns the token ids instead.
+  The caption needs only the global encoder, so no grounding pixels are taken.
+- `ground(global_pixels, grounding_pixels, answer)`: teacher-forced boxes for an answer (tagged text or
+  answer ids, one for all clips or one per clip): GroundingResult(boxes (T,P,4) normalised cxcywh,
+  objectness_logits (T,P), phrases), with a leading B for batched input.
+- `trainable_state_dict()` / `load_trainable_state_dict(state)`: the trainable weights only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+from torch import nn
+
+from grove.model.box_decoder import BoxDecoder
+from grove.model.components import build_clip, build_llm, build_sam, torch_dtype
+from grove.model.config import GroveConfig
+from grove.model.encoders import GlobalVideoEncoder, Sam2VideoEncoder, SamVideoEncoder
+from grove.model.freezing import FreezeSummary, apply_freezing
+from grove.model.heads import BoxHead, LQProjector, ObjectnessHead, VLProjector
+from grove.model.losses import IGNORE_INDEX, LossWeights, causal_lm_loss, grove_loss
+from grove.model.processor import INFERENCE_QUESTION, GroveProcessor, parse_answer
+from grove.model.sequence import det_query_positions, expand_video_tokens, gather_positions
+from grove.model.tokenizer import load_tokenizer, token_ids
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GroveOutput:
+    loss: torch.Tensor
+    losses: dict[str, torch.Tensor]
+    pred_boxes: torch.Tensor  # (B, T, P, 4) normalised cxcywh
+    objectness_logits: torch.Tensor  # (B, T, P)
+
+
+@dataclass
+class GroundingResult:
+    boxes: torch.Tensor  # (T, P, 4) or (B, T, P, 4), normalised cxcywh
+    objectness_logits: torch.Tensor  # (T, P) or (B, T, P)
+    phrases: list[str] | list[list[str]]
+
+
+class GroveModel(nn.Module):
+    def __init__(
+        self, config: GroveConfig, tokenizer: "PreTrainedTokenizerBase | None" = None, pretrained: bool = False
+    ) -> None:
+        """Build the modules. Without a tokenizer the LLM keeps `config.llm["vocab_size"]` and
+        generate / ground are unavailable (enough for counting parameters on the meta device)."""
+        super().__init__()
+        self.config = config
+        self.processor = GroveProcessor(config, tokenizer) if tokenizer is not None else None
+        vocab_size = len(tokenizer) if tokenizer is not None else None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.init_seed)
+            self.llm = build_llm(config, vocab_size, pretrained)
+            clip = build_clip(config, pretrained)
+            sam = build_sam(config, pretrained)
+            llm_dim = self.llm.config.hidden_size
+            self.global_encoder = GlobalVideoEncoder(
+                clip,
+                config.num_frames,
+                config.video_pool,
+                config.clip_select_layer,
+                config.clip_adapters,
+                config.clip_adapter_every,
+                config.adapter_kernel_size,
+            )
+            self.vl_projector = VLProjector(clip.config.hidden_size, llm_dim)
+            if config.grounding_encoder == "sam":
+                self.grounding_encoder: nn.Module = SamVideoEncoder(
+                    sam.vision, config.num_frames, config.sam_adapters, config.adapter_kernel_size
+                )
+            else:
+                self.grounding_encoder = Sam2VideoEncoder(
+                    sam.vision, sam.no_memory_embedding, config.num_frames, config.sam_adapters, config.adapter_kernel_size
+                )
+            self.box_decoder = BoxDecoder(
+                sam.mask_decoder,
+                sam.no_mask_embed,
+                sam.image_positional_embedding,
+                config.grounding_feature_size,
+                config.grounding_encoder,
+            )
+            self.lq_projector = LQProjector(llm_dim, config.decoder_dim)
+            self.box_head = BoxHead(config.decoder_dim)
+            self.objectness_head = ObjectnessHead(config.decoder_dim)
+        self.loss_weights = LossWeights(config.ce_weight, config.giou_weight, config.l1_weight, config.tobj_weight)
+        self.freeze_summary: FreezeSummary = apply_freezing(self, config)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: GroveConfig,
+        device: torch.device | str = "cpu",
+        tokenizer: "PreTrainedTokenizerBase | None" = None,
+        pretrained: bool = True,
+    ) -> "GroveModel":
+        """The tokenizer (built or loaded from `config.tokenizer_source`), the components (from their
+        sources when `pretrained`, else random), cast to `config.dtype` and moved to `device`."""
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.tokenizer_source, config.tiny_vocab_size)
+        model = cls(config, tokenizer, pretrained=pretrained)
+        return model.to(device=torch.device(device), dtype=torch_dtype(config.dtype))
+
+    # ------------------------------------------------------------------ pieces
+    @property
+    def device(self) -> torch.device:
+        return self.box_head.mlp[0].weight.device
+
+    def _require_processor(self) -> GroveProcessor:
+        if self.processor is None:
+            raise RuntimeError("this GroveModel was built without a tokenizer; use GroveModel.from_config")
+        return self.processor
+
+    def encode_video(self, global_pixels: torch.Tensor) -> torch.Tensor:
+        """(B,T,3,S,S) -> projected video tokens (B, N, D_llm). A frozen, adapter-free CLIP runs without autograd."""
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.global_encoder.parameters())
+        with torch.set_grad_enabled(needs_grad):
+            features = self.global_encoder(global_pixels)
+        return self.vl_projector(features.to(self.vl_projector[0].weight.dtype))
+
+    def decode_boxes(self, features: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (B,T,C,s,s), queries (B,P,C) -> boxes (B,T,P,4), objectness logits (B,T,P)."""
+        batch, frames = features.shape[:2]
+        phrases = queries.shape[1]
+        if phrases == 0:
+            return queries.new_zeros(batch, frames, 0, 4), queries.new_zeros(batch, frames, 0)
+        decoded = self.box_decoder(features.flatten(0, 1), queries.repeat_interleave(frames, dim=0))
+        boxes = self.box_head(decoded).reshape(batch, frames, phrases, 4)
+        logits = self.objectness_head(decoded).reshape(batch, frames, phrases)
+        return boxes, logits
+
+    def _llm_hidden(self, input_ids, attention_mask, labels, global_pixels):
+        video = self.encode_video(global_pixels)
+        expanded = expand_video_tokens(input_ids, video, self.llm.get_input_embeddings(), attention_mask, labels)
+        hidden = self.llm.model(
+            inputs_embeds=expanded.inputs_embeds, attention_mask=expanded.attention_mask, use_cache=False
+        ).last_hidden_state
+        return hidden, expanded
+
+    def _queries(self, hidden: torch.Tensor, expanded_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        positions, valid = det_query_positions(expanded_ids, self._require_det_id())
+        return self.lq_projector(gather_positions(hidden, positions)), valid
+
+    def _require_det_id(self) -> int:
+        return self._require_processor().ids.det
+
+    # ------------------------------------------------------------------ training
+    def forward(self, batch: dict) -> GroveOutput:
+        hidden, expanded = self._llm_hidden(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["global_pixels"])
+        targets = expanded.labels[:, 1:]
+        supervised = targets != IGNORE_INDEX
+        ce = causal_lm_loss(self.llm.lm_head(hidden[:, :-1][supervised]), targets[supervised])
+
+        queries, valid = self._queries(hidden, expanded.input_ids)
+        phrase_mask = batch["phrase_mask"]
+        if valid.shape != phrase_mask.shape or not bool((valid == phrase_mask).all()):
+            raise ValueError(
+                f"[DET] counts {valid.sum(1).tolist()} differ from phrase counts {phrase_mask.sum(1).tolist()}: "
+                "the j-th [DET] must pair with the j-th phrase"
+            )
+        features = self.grounding_encoder(batch["grounding_pixels"])
+        pred_boxes, logits = self.decode_boxes(features, queries.to(features.dtype))
+        loss, losses = grove_loss(
+            ce,
+            pred_boxes,
+            logits,
+            batch["gt_boxes"],
+            batch["gt_present"],
+            phrase_mask,
+            self.loss_weights,
+            self.config.use_objectness,
+        )
+        return GroveOutput(loss, {k: v.detach() for k, v in losses.items()}, pred_boxes, logits)
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def generate_ids(
+        self, global_pixels: torch.Tensor, max_new_tokens: int = 64, question: str | None = None
+    ) -> torch.Tensor:
+        """Greedy answer ids (B, n) after `ASSISTANT:`, `</s>` included where reached, pad after it."""
+        processor = self._require_processor()
+        pixels = global_pixels.unsqueeze(0) if global_pixels.dim() == 4 else global_pixels
+        batch = pixels.shape[0]
+        prompt = torch.tensor(processor.prompt_ids(question or INFERENCE_QUESTION), device=pixels.device)
+        expanded = expand_video_tokens(
+            prompt.expand(batch, -1), self.encode_video(pixels.to(self.device)), self.llm.get_input_embeddings()
+        )
+        attention = expanded.attention_mask
+        out = self.llm(inputs_embeds=expanded.inputs_embeds, attention_mask=attention, use_cache=True, logits_to_keep=1)
+        eos, pad = processor.ids.eos, processor.ids.pad
+        finished = torch.zeros(batch, dtype=torch.bool, device=pixels.device)
+        tokens: list[torch.Tensor] = []
+        for step in range(max_new_tokens):
+            next_ids = out.logits[:, -1].argmax(dim=-1)
+            next_ids = torch.where(finished, torch.full_like(next_ids, pad), next_ids)
+            tokens.append(next_ids)
+            finished |= next_ids == eos
+            if bool(finished.all()) or step == max_new_tokens - 1:
+                break
+            attention = torch.cat([attention, attention.new_ones(batch, 1)], dim=1)
+            out = self.llm(
+                input_ids=next_ids[:, None], attention_mask=attention, past_key_values=out.past_key_values, use_cache=True
+            )
+        if not tokens:
+            return torch.zeros(batch, 0, dtype=torch.long, device=pixels.device)
+        return torch.stack(tokens, dim=1)
+
+    @torch.no_grad()
+    def generate(
+        self, global_pixels: torch.Tensor, max_new_tokens: int = 64, question: str | None = None
+    ) -> str | list[str]:
+        """Greedy tagged answer(s) `... <p> phrase </p> [DET] ...` for one clip (str) or a batch (list)."""
+        ids = self.generate_ids(global_pixels, max_new_tokens, question)
+        texts = [self._require_processor().decode_answer(row.tolist()) for row in ids]
+        return texts[0] if global_pixels.dim() == 4 else texts
+
+    @torch.no_grad()
+    def ground(
+        self,
+        global_pixels: torch.Tensor,
+        grounding_pixels: torch.Tensor,
+        answer: str | Sequence[int] | Sequence[str] | Sequence[Sequence[int]],
+        question: str | None = None,
+    ) -> GroundingResult:
+        """Teacher-forced boxes and objectness of the answer's phrases on every frame."""
+        processor = self._require_processor()
+        single = global_pixels.dim() == 4
+        g_pixels = global_pixels.unsqueeze(0) if single else global_pixels
+        d_pixels = grounding_pixels.unsqueeze(0) if single else grounding_pixels
+        batch = g_pixels.shape[0]
+        answers = _per_clip(answer, batch)
+        ids = [a if not isinstance(a, str) else processor.answer_ids(a) for a in answers]
+        texts = [a if isinstance(a, str) else processor.decode_answer(a) for a in answers]
+        prompt = processor.prompt_ids(question or INFERENCE_QUESTION)
+        rows = [prompt + list(a) for a in ids]
+        length = max(len(r) for r in rows)
+        input_ids = torch.full((batch, length), processor.ids.pad, dtype=torch.long)
+        attention = torch.zeros((batch, length), dtype=torch.long)
+        for b, row in enumerate(rows):
+            input_ids[b, : len(row)] = torch.tensor(row)
+            attention[b, : len(row)] = 1
+        device = self.device
+        hidden, expanded = self._llm_hidden(input_ids.to(device), attention.to(device), None, g_pixels.to(device))
+        queries, valid = self._queries(hidden, expanded.input_ids)
+        features = self.grounding_encoder(d_pixels.to(device))
+        boxes, logits = self.decode_boxes(features, queries.to(features.dtype))
+        phrases = [list(parse_answer(t).phrases) for t in texts]
+        for b, count in enumerate(valid.sum(1).tolist()):
+            if len(phrases[b]) != count:
+                logger.warning("answer %d has %d [DET] but %d <p> phrases: %r", b, count, len(phrases[b]), texts[b])
+        if single:
+            return GroundingResult(boxes[0], logits[0], phrases[0])
+        return GroundingResult(boxes, logits, phrases)
+
+    # ------------------------------------------------------------------ checkpoints
+    def trainable_parameter_names(self) -> list[str]:
+        return [name for name, p in self.named_parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trainable weights only (detached, on their devices): what a checkpoint must carry."""
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> list[str]:
+        """Load weights saved by `trainable_state_dict`; returns the trainable names the state lacked.
+
+        Unknown keys are always an error; with `strict`, so is a missing trainable weight (fine-tuning
+        from a checkpoint of another freezing mode passes strict=False, as GROVE loads with strict=False).
+        """
+        parameters = dict(self.named_parameters())
+        unknown = sorted(set(state) - set(parameters))
+        if unknown:
+            raise KeyError(f"checkpoint has weights this model lacks: {unknown[:5]}{'...' if len(unknown) > 5 else ''}")
+        for name, tensor in state.items():
+            if parameters[name].shape != tensor.shape:
+                raise ValueError(f"checkpoint weight {name} has shape {tuple(tensor.shape)}, model {tuple(parameters[name].shape)}")
+        missing = sorted(set(self.trainable_parameter_names()) - set(state))
+        if strict and missing:
+            raise KeyError(f"checkpoint lacks trainable weights: {missing[:5]}{'...' if len(missing) > 5 else ''}")
+        with torch.no_grad():
+            for name, tensor in state.items():
+                parameters[name].copy_(tensor.to(parameters[name].device, parameters[name].dtype))
+        return missing
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute LLM / CLIP / SAM layer activations in backward (GPU memory for time)."""
+        self.llm.gradient_checkpointing_enable()
+        for module in (self.global_encoder.clip, self.grounding_encoder.vision):
+            module.gradient_checkpointing_enable()
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def _per_clip(answer, batch: int) -> list:
+    """One answer (text or ids) for every clip, or a list with one answer per clip."""
+    if isinstance(answer, torch.Tensor):
+        return [row.tolist() for row in answer] if answer.dim() == 2 else [answer.tolist()] * batch
+    if isinstance(answer, str):
+        return [answer] * batch
+    if len(answer) == 0 or isinstance(answer[0], int):
+        return [list(answer)] * batch
+    if len(answer) != batch:
+        raise ValueError(f"{len(answer)} answers for {batch} clips")
+    return [a.tolist() if isinstance(a, torch.Tensor) else a for a in answer]
