@@ -1,0 +1,157 @@
+"""Materialise a whole asset graph in lineage order, reusing what Dagster already considers up to date.
+
+`grove demo` uses this instead of one big run, because the annotation shards are dynamic
+partitions that exist only once the catalog does, and because a second run must skip everything
+that is fresh. "Up to date" is Dagster's own notion: materialised, same code version, and made
+from the current data versions of its parents (which are DVC hashes here).
+
+Consecutive assets of the graph's topological order that share a partitioning form one group;
+each partition of a group is one run that starts at the group's first stale or missing asset.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import dagster as dg
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.definitions.partitions.definition import PartitionsDefinition
+
+log = logging.getLogger(__name__)
+
+RUN_TAG = "grove/lineage"
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+# Called before a group's partitions are listed: keeps dynamic partitions in step with the data
+# upstream of them (e.g. adds the shards of a catalog that was just materialised).
+PartitionSync = Callable[[dg.DagsterInstance], None]
+
+
+@dataclass(frozen=True)
+class Group:
+    keys: tuple[dg.AssetKey, ...]
+    partitions_def: PartitionsDefinition | None
+
+    @property
+    def label(self) -> str:
+        return " → ".join(key.to_user_string() for key in self.keys)
+
+
+@dataclass
+class StepOutcome:
+    group: str
+    partition: str | None
+    materialised: list[str]
+    seconds: float
+    reused: bool
+
+
+@dataclass
+class LineageReport:
+    outcomes: list[StepOutcome] = field(default_factory=list)
+
+    @property
+    def materialised(self) -> int:
+        return sum(len(o.materialised) for o in self.outcomes)
+
+    @property
+    def reused(self) -> int:
+        return sum(1 for o in self.outcomes if o.reused)
+
+
+def lineage_groups(defs: dg.Definitions) -> list[Group]:
+    graph = defs.resolve_asset_graph()
+    groups: list[Group] = []
+    for key in graph.toposorted_asset_keys:
+        node = graph.get(key)
+        if not node.is_materializable:
+            continue
+        if groups and groups[-1].partitions_def == node.partitions_def:
+            groups[-1] = Group(groups[-1].keys + (key,), node.partitions_def)
+        else:
+            groups.append(Group((key,), node.partitions_def))
+    return groups
+
+
+def partition_keys(partitions_def: PartitionsDefinition | None, instance: dg.DagsterInstance) -> list[str | None]:
+    if partitions_def is None:
+        return [None]
+    return list(partitions_def.get_partition_keys(dynamic_partitions_store=instance))
+
+
+def stale_or_missing(defs: dg.Definitions, instance: dg.DagsterInstance, keys: Sequence[dg.AssetKey], partition: str | None) -> list[dg.AssetKey]:
+    """The keys Dagster reports as missing or stale for `partition` (a fresh resolver each call)."""
+    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+    from dagster._time import get_current_datetime
+
+    # Internal API (as `dagster._utils.test.data_versions` uses it): Dagster exposes stale status to
+    # the UI and to RunRequest(stale_assets_only=True) but has no public function for it.
+    graph = defs.resolve_asset_graph()
+    view = AssetGraphView(
+        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+        instance=instance,
+        asset_graph=graph,
+    )
+    resolver = CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
+    return [key for key in keys if resolver.get_status(key, partition) in (StaleStatus.MISSING, StaleStatus.STALE)]
+
+
+def materialize_lineage(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    *,
+    partition_syncs: Sequence[PartitionSync] = (),
+    tags: Mapping[str, str] | None = None,
+    on_step: Callable[[int, StepOutcome], None] | None = None,
+    run_config: Mapping | None = None,
+) -> LineageReport:
+    """Materialise every asset of `defs` that is missing or stale, group by group, partition by partition."""
+    assets = list(defs.assets or []) + list(defs.asset_checks or [])
+    report = LineageReport()
+    for group_index, group in enumerate(lineage_groups(defs)):
+        for sync in partition_syncs:
+            sync(instance)
+        for partition in partition_keys(group.partitions_def, instance):
+            started = time.perf_counter()
+            stale = set(stale_or_missing(defs, instance, group.keys, partition))
+            first = next((i for i, key in enumerate(group.keys) if key in stale), None)
+            selection = list(group.keys[first:]) if first is not None else []
+            if selection:
+                dg.materialize(
+                    assets,
+                    selection=dg.AssetSelection.assets(*selection),
+                    partition_key=partition,
+                    instance=instance,
+                    resources=defs.resources,
+                    tags={RUN_TAG: "true", **(tags or {})},
+                    run_config=run_config if run_config is not None else QUIET_RUN_CONFIG,
+                )
+            outcome = StepOutcome(
+                group=group.label,
+                partition=partition,
+                materialised=[key.to_user_string() for key in selection],
+                seconds=time.perf_counter() - started,
+                reused=not selection,
+            )
+            report.outcomes.append(outcome)
+            if on_step is not None:
+                on_step(group_index, outcome)
+    return report
+
+
+def recover_interrupted_runs(instance: dg.DagsterInstance) -> int:
+    """Mark lineage runs left STARTED by a killed process as failed and free their pool slots.
+
+    In-process runs die with their process; without this, a killed `grove demo` would hold the
+    `gpu` pool slot forever and the next one would wait on it.
+    """
+    records = instance.get_run_records(
+        dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING], tags={RUN_TAG: "true"})
+    )
+    for record in records:
+        instance.report_run_failed(record.dagster_run, "interrupted: the process running it is gone")
+        instance.event_log_storage.free_concurrency_slots_for_run(record.dagster_run.run_id)
+    return len(records)
