@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Iterator, Optional
@@ -10,6 +11,52 @@ from typing import Iterator, Optional
 import typer
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
+
+
+@app.command("synth")
+def synth(
+    out: Path = typer.Option(..., "--out", help="Dataset folder to write (created; a re-run skips finished work)."),
+    clips: Optional[int] = typer.Option(None, "--clips", help="Total clips, split 70/15/5/10 % into pool/train/val/test."),
+    pool: Optional[int] = typer.Option(None, "--pool", help="Clips in the pre-training pool (overrides --clips' share)."),
+    train: Optional[int] = typer.Option(None, "--train", help="Clips in the iGround-like train split."),
+    val: Optional[int] = typer.Option(None, "--val", help="Clips in the val split."),
+    test: Optional[int] = typer.Option(None, "--test", help="Clips in the test split."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Dataset seed (default: the profile's)."),
+    width: Optional[int] = typer.Option(None, "--width", help="Frame width in pixels (even)."),
+    height: Optional[int] = typer.Option(None, "--height", help="Frame height in pixels (even)."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Native frame rate (annotations are on its 5 fps grid)."),
+    seconds: Optional[float] = typer.Option(None, "--seconds", help="Clip length in seconds."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Render processes (default: one per CPU)."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="params.yaml profile for the defaults (default: $GROVE_PROFILE or the file's)."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="params.yaml to read the profile from; without it, built-in defaults."),
+    name: str = typer.Option("synthetic", "--name", help="Dataset name in the manifest."),
+) -> None:
+    """Render the synthetic grounded-video dataset: MP4 clips, canonical tables, official pickles, frame objects."""
+    from tqdm import tqdm
+
+    from grove.data import synthetic
+
+    with _clear_errors():
+        if params.exists():
+            config = synthetic.config_from_params(params, profile)
+        elif profile is not None:
+            raise FileNotFoundError(f"{params}: no such params file (needed for --profile {profile})")
+        else:
+            config = synthetic.SynthConfig()
+        if clips is not None:
+            config = synthetic.with_split_counts(config, synthetic.split_counts_for_total(clips))
+        counts = {"pool": pool, "train": train, "val": val, "test": test}
+        config = synthetic.with_split_counts(config, {k: v for k, v in counts.items() if v is not None})
+        overrides = {"seed": seed, "width": width, "height": height, "fps": fps, "seconds": seconds}
+        config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+        # a bar on a terminal; in logs (CI, Dagster) a line every 10 s
+        interval = 0.5 if sys.stderr.isatty() else 10.0
+        with tqdm(total=sum(config.split_counts.values()), unit="clip", desc="synth", mininterval=interval) as bar:
+            summary = synthetic.generate_dataset(out, config, workers=workers, name=name,
+                                                 progress=lambda done, _: bar.update(done - bar.n))
+    state = "already up to date" if summary.up_to_date else f"{summary.encoded} videos encoded, {summary.seconds:.1f} s"
+    splits = ", ".join(f"{split} {n}" for split, n in config.split_counts.items())
+    typer.echo(f"synthetic dataset: {summary.root} ({splits}; {state})")
 
 
 @app.command("convert")
@@ -56,6 +103,35 @@ def export(
     with _clear_errors():
         path = export_official(dataset_dir, split, out, processed=processed, per_clip=per_clip)
     typer.echo(f"exported {dataset_dir} split {split} ({'processed' if processed else 'raw'}) -> {path}")
+
+
+@app.command("ingest")
+def ingest(
+    videos: Path = typer.Option(..., "--videos", help="Folder of videos (searched recursively), or a synthetic dataset folder."),
+    out: Path = typer.Option(..., "--out", help="Catalog folder: catalog.parquet, rejects.parquet, clips.parquet, catalog.json."),
+    annotations: Optional[Path] = typer.Option(None, "--annotations", help="Annotation file whose clips name videos under --videos."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="Format of --annotations: howtoground, vidstg or anet."),
+    split: Optional[str] = typer.Option(None, "--split", help="Split of --annotations (default: from its file name, else 'all')."),
+    split_ids: Optional[Path] = typer.Option(None, "--split-ids", help="anet: split_ids_anet_entities.json."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Probe processes (default: one per CPU)."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds one file may take to probe before it is rejected."),
+    full_decode: bool = typer.Option(False, "--full-decode", help="Decode every frame (default: first and last)."),
+) -> None:
+    """Probe, hash and vet every video; bad files go to rejects.parquet with their reason."""
+    from tqdm import tqdm
+
+    from grove.data.catalog import build_catalog
+
+    with _clear_errors(), tqdm(unit="file", desc="ingest", mininterval=0.5 if sys.stderr.isatty() else 10.0) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        summary = build_catalog(videos, out, annotations=annotations, fmt=fmt, split=split, split_ids=split_ids,
+                                workers=workers, timeout_s=timeout, full_decode=full_decode, progress=progress)
+    rejects = ", ".join(f"{reason} {n}" for reason, n in summary.rejects.items()) or "none"
+    typer.echo(f"catalog: {summary.out} ({summary.videos} videos, {summary.clips} clips; rejects: {rejects}; "
+               f"{summary.reused} reused, {summary.seconds:.1f} s)")
 
 
 @contextlib.contextmanager
