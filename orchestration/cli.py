@@ -6,6 +6,7 @@ import logging
 
 import typer
 
+from grove.cli import app as model_app
 from grove.data.cli import app as data_app
 
 app = typer.Typer(
@@ -15,6 +16,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_app, name="data", help="Synthetic data, conversion of official formats, video catalogs.")
+app.registered_commands += model_app.registered_commands  # `grove train`, `grove infer`
 
 
 @app.callback()

@@ -58,9 +58,10 @@ class ClipSample:
     key: str
     frames: np.ndarray  # (T, H, W, 3) uint8
     frame_ids: list[int]
+    caption: str
     tagged_caption: str
     phrases: list[str]
-    boxes: np.ndarray  # (T, P, 4) normalised cxcywh (by the original width and height)
+    boxes: np.ndarray  # (T, P, 4) xyxy in original pixels, zeros where absent
     present: np.ndarray  # (T, P) bool
     width: int
     height: int
@@ -155,13 +156,6 @@ def _grid_boxes(key: str, boxes: pa.Table | None, num_frames: int, num_phrases: 
     return grid, present
 
 
-def xyxy_to_normalised_cxcywh(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Pixel xyxy → (cx, cy, w, h) divided by the original frame size (grove_spec 1.6)."""
-    x1, y1, x2, y2 = np.moveaxis(np.asarray(boxes, np.float32), -1, 0)
-    scale = np.array([width, height, width, height], np.float32)
-    return np.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], -1) / scale
-
-
 def sample_frame_indices(present: np.ndarray, rng: np.random.Generator | None, num_frames: int = NUM_FRAMES) -> list[int]:
     """Grid positions of the 8 frames: segment centres without `rng`; random per segment with it,
     redrawn until a drawn frame shows an object (the official loop, bounded for clips with none)."""
@@ -207,49 +201,26 @@ class FrameCache:
 
 def decode_frames(video_file: Path, frame_ids: Sequence[int], backend: str = "pyav") -> np.ndarray:
     """Frames at native ids as (N, H, W, 3) uint8; errors name the file."""
-    try:
-        from grove.data.video import open_video
-    except ImportError:  # the shared reader is not there: decode sequentially with PyAV
-        return _decode_pyav(video_file, frame_ids)
-    reader = open_video(video_file, backend)
-    try:
-        return np.asarray(reader.get_frames(list(frame_ids)))
-    finally:
-        close = getattr(reader, "close", None)
-        if close is not None:
-            close()
+    from grove.data import video
 
-
-def _decode_pyav(video_file: Path, frame_ids: Sequence[int]) -> np.ndarray:
-    import av
-
-    wanted = sorted(set(frame_ids))
-    found: dict[int, np.ndarray] = {}
-    try:
-        with av.open(str(video_file)) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for index, frame in enumerate(container.decode(stream)):
-                if index in wanted:
-                    found[index] = frame.to_ndarray(format="rgb24")
-                if index >= wanted[-1]:
-                    break
-    except (av.FFmpegError, OSError) as exc:
-        raise ValueError(f"{video_file}: cannot decode: {exc}") from exc
-    missing = [i for i in wanted if i not in found]
-    if missing:
-        raise ValueError(f"{video_file}: frames {missing[:5]} are past the end of the video ({len(found)} decoded)")
-    return np.stack([found[i] for i in frame_ids])
+    # naming the PyAV reader directly skips the probe of every backend that a backend name triggers
+    reader_kind = video.PyAVReader if backend == "pyav" else backend
+    with video.open_video(video_file, reader_kind) as reader:
+        return reader.get_frames(list(frame_ids))
 
 
 class GroveClipDataset(torch.utils.data.Dataset):
     """Map-style dataset of clips. An item is a clip index (evaluation: segment centres) or a
-    (clip index, epoch) pair (training: random frames drawn from (seed, epoch, index))."""
+    (clip index, epoch) pair (training: random frames drawn from (seed, epoch, index)).
+
+    With a `processor` (GroveProcessor), items come out as model inputs; the training question is
+    drawn from the same per-sample generator as the frames.
+    """
 
     def __init__(
         self,
         records: Sequence[ClipRecord],
-        processor: Callable[[ClipSample], Any] | None = None,
+        processor: Callable[..., Any] | None = None,
         seed: int = 0,
         backend: str = "pyav",
         cache_bytes: int = 256 << 20,
@@ -270,26 +241,48 @@ class GroveClipDataset(torch.utils.data.Dataset):
             self.cache.put(record.key, frames)
         return frames
 
-    def sample(self, item: int | tuple[int, int]) -> ClipSample:
-        index, rng = (item, None) if isinstance(item, (int, np.integer)) else (item[0], sample_seed(self.seed, item[1], item[0]))
-        record = self.records[int(index)]
+    def _index_and_rng(self, item: int | tuple[int, int]) -> tuple[int, np.random.Generator | None]:
+        if isinstance(item, (int, np.integer)):
+            return int(item), None
+        index, epoch = item
+        return int(index), sample_seed(self.seed, epoch, index)
+
+    def sample(self, item: int | tuple[int, int], rng: np.random.Generator | None = None) -> ClipSample:
+        index, item_rng = self._index_and_rng(item)
+        rng = rng if rng is not None else item_rng
+        record = self.records[index]
         picks = sample_frame_indices(record.present, rng)
-        frames = self.grid_frames(record)[picks]
         return ClipSample(
             key=record.key,
-            frames=frames,
+            frames=self.grid_frames(record)[picks],
             frame_ids=[record.frame_ids[i] for i in picks],
+            caption=record.caption,
             tagged_caption=record.tagged_caption,
             phrases=list(record.phrases),
-            boxes=xyxy_to_normalised_cxcywh(record.boxes[picks], record.width, record.height),
+            boxes=record.boxes[picks],
             present=record.present[picks],
             width=record.width,
             height=record.height,
         )
 
     def __getitem__(self, item: int | tuple[int, int]) -> Any:
-        sample = self.sample(item)
-        return self.processor(sample) if self.processor is not None else sample
+        index, rng = self._index_and_rng(item)
+        sample = self.sample(index, rng)
+        if self.processor is None:
+            return sample
+        try:
+            return self.processor(
+                sample.frames,
+                caption=sample.caption,
+                phrases=sample.phrases,
+                tagged_caption=sample.tagged_caption,
+                boxes=sample.boxes,
+                present=sample.present,
+                original_size=(sample.width, sample.height),
+                rng=rng,
+            )
+        except ValueError as exc:
+            raise ValueError(f"clip {sample.key} ({self.records[index].video_file}): {exc}") from exc
 
 
 class StepBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):

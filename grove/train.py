@@ -1,0 +1,622 @@
+"""Training: pre-training and fine-tuning share one entry point, `train(TrainConfig, callback)`.
+
+The recipe is the paper's (grove_spec 2.3): AdamW (0.9, 0.95) without weight decay, linear warm-up
+then linear decay to zero, gradient clipping at 1.0, one clip per forward pass, the global batch
+made of ranks × accumulation. On a GPU: bf16 autocast, gradient checkpointing, flash-attention when
+installed. Distributed runs come from `torchrun` (NCCL on GPUs, gloo on CPUs); one process with
+accumulation k computes the same gradient as k ranks.
+
+Output folder:
+```
+OUT/
+  train_config.json        the TrainConfig of the run
+  metrics.jsonl            one JSON object per logged step / validation
+  checkpoints/step_NNNNNNNN/  model.safetensors + config.json + trainer_state.pt + rng_rank{r}.pt + state.json
+  checkpoints/last.json    which step folder is the newest complete checkpoint
+  best/                    model.safetensors + config.json + state.json of the lowest validation loss
+  result.json              the TrainResult
+```
+A run started on an OUT that holds a checkpoint resumes from it: weights, optimiser, scheduler,
+RNG states and step, so the loss curve continues as if never stopped. `trainer_state.pt` holds only
+tensors and containers and is read with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from grove.data.loader import (
+    ClipRecord,
+    GroveClipDataset,
+    StepBatchSampler,
+    clip_records,
+    make_loader,
+    resolve_dataset,
+)
+from grove.io import atomic_write_json, atomic_write_text
+from grove.model import GroveConfig, GroveModel, batch_to, tag_answer
+
+logger = logging.getLogger(__name__)
+
+MetricsCallback = Callable[[int, dict[str, float]], None]
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STATE_FILE = "state.json"
+TRAINER_FILE = "trainer_state.pt"
+LAST_FILE = "last.json"
+GROUNDING_TERMS = ("giou", "l1", "tobj")
+
+
+@dataclass
+class TrainConfig:
+    """One training run. `train_data` / `val_data`: a dataset folder or a clip table (clips.parquet).
+
+    `val_data=None` validates on `val_split` of the training data when it has that split.
+    `batch_size` is the global batch (ranks × accumulation × micro batch); `max_steps` overrides
+    `epochs`. `init` is a checkpoint whose trainable weights start the run (fine-tuning).
+    """
+
+    train_data: str
+    out_dir: str
+    model: str = "tiny"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    train_split: str = "train"
+    val_data: str | None = None
+    val_split: str = "val"
+    init: str | None = None
+    max_steps: int | None = None
+    epochs: float = 20.0
+    batch_size: int = 8
+    micro_batch_size: int = 1
+    lr: float = 5e-5
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    weight_decay: float = 0.0
+    seed: int = 42
+    num_workers: int = 2
+    log_every: int = 10
+    eval_every: int = 0  # steps between validations; 0: once per epoch and at the end
+    save_every: int = 0  # steps between checkpoints; 0: at each validation and at the end
+    keep_last: int = 2
+    max_val_clips: int | None = None
+    best_by: Literal["grounding", "loss"] = "grounding"
+    device: str = "auto"
+    bf16: bool | None = None  # None: on CUDA only
+    gradient_checkpointing: bool | None = None  # None: on CUDA only
+    resume: bool = True
+    video_backend: str = "pyav"
+    cache_mb: int = 256
+    train_boxes: str | None = None
+    val_boxes: str | None = None
+    video_root: str | None = None
+    skip_bad_clips: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    out_dir: str
+    steps: int
+    last_checkpoint: str
+    best_checkpoint: str | None
+    best_val_loss: float | None
+    final_train_loss: float | None
+    resumed_from_step: int
+    seconds: float
+    clips_seen: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------- setup
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: torch.device) -> DistEnv:
+    """Join the process group that `torchrun` describes in the environment (if any)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistEnv()
+    env = DistEnv(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+    return env
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    logger.info("no GPU found: training on the CPU (fp32, no gradient checkpointing)")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up to 1 over `warmup_steps`, then linear decay to 0 at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    remaining = total_steps - warmup_steps
+    return max(0.0, (total_steps - step) / remaining) if remaining > 0 else 1.0
+
+
+def attention_implementation(device: torch.device) -> str | None:
+    """flash-attention 2 where it is installed and a GPU runs (looked up, not imported)."""
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return None
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder (holds model.safetensors), or a training output folder (its best, else last)."""
+    path = Path(path)
+    if (path / MODEL_FILE).exists():
+        return path
+    if (path / "best" / MODEL_FILE).exists():
+        return path / "best"
+    last = latest_checkpoint(path)
+    if last is not None:
+        return last
+    raise FileNotFoundError(f"{path}: not a checkpoint (no {MODEL_FILE}) nor a training folder with one")
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    pointer = Path(out_dir) / "checkpoints" / LAST_FILE
+    if not pointer.exists():
+        return None
+    try:
+        folder = pointer.parent / json.loads(pointer.read_text())["path"]
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise ValueError(f"{pointer}: unreadable checkpoint pointer: {exc}") from exc
+    if not (folder / MODEL_FILE).exists():
+        raise FileNotFoundError(f"{pointer}: points to {folder}, which has no {MODEL_FILE}")
+    return folder
+
+
+def save_model(folder: Path, model: GroveModel, config: GroveConfig, state: dict[str, Any]) -> None:
+    """The trainable weights (frozen ones are rebuilt from the config: sources or `init_seed`)."""
+    # safetensors refuses shared storage; cloning also detaches the tensors from training
+    weights = {name: t.detach().to("cpu").contiguous().clone() for name, t in model.trainable_state_dict().items()}
+    save_file(weights, str(folder / MODEL_FILE), metadata={"format": "pt"})
+    atomic_write_text(folder / CONFIG_FILE, config.to_json() + "\n")
+    atomic_write_json(folder / STATE_FILE, state)
+
+
+def load_weights(model: GroveModel, folder: Path, strict: bool = True) -> list[str]:
+    """Load a checkpoint's trainable weights; returns the trainable names it lacked (only with strict=False)."""
+    path = folder / MODEL_FILE
+    try:
+        return model.load_trainable_state_dict(load_file(str(path)), strict=strict)
+    except (KeyError, ValueError, OSError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> GroveModel:
+    """A model (with `model.processor`) from a checkpoint or a training folder, in eval mode."""
+    folder = resolve_checkpoint(checkpoint)
+    config = GroveConfig.from_json_file(folder / CONFIG_FILE)
+    model = GroveModel.from_config(config, device=device)
+    load_weights(model, folder)
+    return model.eval()
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [v.tolist() if isinstance(v, np.ndarray) else v for v in np.random.get_state()],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(tuple(v) if isinstance(v, list) else v for v in state["python"]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpointer:
+    """Writes step checkpoints (atomically: a temporary folder renamed into place), the `last`
+    pointer, and the best model; reads them back for resuming."""
+
+    def __init__(self, out_dir: Path, dist: DistEnv, keep_last: int) -> None:
+        self.root = out_dir / "checkpoints"
+        self.best = out_dir / "best"
+        self.dist = dist
+        self.keep_last = keep_last
+
+    def save(self, step: int, model: GroveModel, config: GroveConfig, optimizer, scheduler, state: dict) -> Path:
+        name = f"step_{step:08d}"
+        final = self.root / name
+        tmp = self.root / f".tmp-{name}"
+        if self.dist.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        _barrier(self.dist)
+        torch.save(rng_state(), tmp / f"rng_rank{self.dist.rank}.pt")
+        _barrier(self.dist)
+        if self.dist.is_main:
+            save_model(tmp, model, config, state)
+            trainer = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+            torch.save(trainer, tmp / TRAINER_FILE)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            atomic_write_json(self.root / LAST_FILE, {"path": name, "step": step})
+            self._prune()
+        _barrier(self.dist)
+        return final
+
+    def _prune(self) -> None:
+        folders = sorted(p for p in self.root.glob("step_*") if p.is_dir())
+        for old in folders[: max(0, len(folders) - self.keep_last)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def save_best(self, model: GroveModel, config: GroveConfig, state: dict) -> None:
+        if not self.dist.is_main:
+            return
+        tmp = self.best.with_name(".tmp-best")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_model(tmp, model, config, state)
+        old = self.best.with_name(".old-best")
+        shutil.rmtree(old, ignore_errors=True)
+        if self.best.exists():
+            os.replace(self.best, old)
+        os.replace(tmp, self.best)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def restore(self, folder: Path, model: GroveModel, optimizer, scheduler) -> int:
+        load_weights(model, folder)
+        trainer = torch.load(folder / TRAINER_FILE, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(trainer["optimizer"])
+        scheduler.load_state_dict(trainer["scheduler"])
+        rng_file = folder / f"rng_rank{self.dist.rank}.pt"
+        if not rng_file.exists():
+            raise FileNotFoundError(f"{rng_file}: missing (was the run resumed with a different number of ranks?)")
+        set_rng_state(torch.load(rng_file, weights_only=True))
+        return int(trainer["step"])
+
+
+def _barrier(dist: DistEnv) -> None:
+    if dist.enabled:
+        torch.distributed.barrier()
+
+
+# --------------------------------------------------------------------------------------- the loop
+
+
+def build_model(model_config: GroveConfig, device: torch.device, gradient_checkpointing: bool) -> GroveModel:
+    attn = attention_implementation(device)
+    if attn is not None:
+        model_config = model_config.replace(attn_implementation=attn)
+    model = GroveModel.from_config(model_config, device=device)
+    if gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    return model
+
+
+def _model_config(config: TrainConfig) -> GroveConfig:
+    if config.init is None:
+        return GroveConfig.from_profile(config.model, **config.model_overrides)
+    init_config = GroveConfig.from_json_file(resolve_checkpoint(config.init) / CONFIG_FILE)
+    if init_config.profile != config.model:
+        logger.warning("--init checkpoint has model profile %r; using it instead of %r", init_config.profile, config.model)
+    return init_config.replace(**config.model_overrides) if config.model_overrides else init_config
+
+
+def _records(data: str | None, split: str, boxes: str | None, video_root: str | None) -> list[ClipRecord]:
+    if data is None:
+        return []
+    return clip_records(resolve_dataset(data, split, processed=True, boxes=boxes, video_root=video_root))
+
+
+def check_answers(records: list[ClipRecord], source: str, skip: bool) -> list[ClipRecord]:
+    """Clips whose caption, phrases and tags make a GROVE answer; the others are an error (or dropped)."""
+    good, bad = [], []
+    for record in records:
+        try:
+            tag_answer(record.caption, record.phrases, record.tagged_caption)
+            good.append(record)
+        except ValueError as exc:
+            bad.append(f"{record.key}: {exc}")
+    if bad and not skip:
+        raise ValueError(f"{source}: {len(bad)} clip(s) cannot be trained on, e.g. {bad[:3]} (skip them with skip_bad_clips)")
+    if bad:
+        logger.warning("%s: skipped %d clip(s) whose caption and phrases do not fit, e.g. %s", source, len(bad), bad[:3])
+    return good
+
+
+def _val_records(config: TrainConfig) -> list[ClipRecord]:
+    if config.val_data is not None:
+        records = _records(config.val_data, config.val_split, config.val_boxes, config.video_root)
+    else:
+        try:
+            records = _records(config.train_data, config.val_split, config.train_boxes, config.video_root)
+        except ValueError:
+            logger.info("%s has no split %r and no --val was given: no validation", config.train_data, config.val_split)
+            return []
+    return records[: config.max_val_clips] if config.max_val_clips else records
+
+
+def _losses(output: Any) -> dict[str, torch.Tensor]:
+    return {"loss": output.loss, **{name: value for name, value in output.losses.items()}}
+
+
+class Progress:
+    """A periodic line with loss, learning rate, steps/s, clips/s and ETA (rank 0 only)."""
+
+    def __init__(self, total_steps: int, start_step: int, clips_per_step: int) -> None:
+        self.total = total_steps
+        self.start_step = start_step
+        self.clips_per_step = clips_per_step
+        self.t0 = time.perf_counter()
+
+    def rates(self, step: int) -> tuple[float, float]:
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        steps_per_s = (step - self.start_step) / elapsed
+        return steps_per_s, steps_per_s * self.clips_per_step
+
+    def line(self, step: int, metrics: dict[str, float]) -> str:
+        steps_per_s, clips_per_s = self.rates(step)
+        eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float("inf")
+        terms = " ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in metrics.items() if k.startswith("train/") and k != "train/loss")
+        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
+        return (
+            f"step {step}/{self.total} loss {metrics.get('train/loss', float('nan')):.4f} ({terms}) "
+            f"lr {metrics.get('train/lr', 0):.2e} | {steps_per_s:.2f} steps/s {clips_per_s:.1f} clips/s | ETA {eta_text}"
+        )
+
+
+def _mean_across_ranks(values: dict[str, float], count: float, dist: DistEnv) -> dict[str, float]:
+    """Sum (value × count) and count over ranks, return the means."""
+    names = sorted(values)
+    packed = torch.tensor([values[n] * count for n in names] + [count], dtype=torch.float64)
+    if dist.enabled:
+        torch.distributed.all_reduce(packed)
+    total = max(packed[-1].item(), 1e-12)
+    return {n: packed[i].item() / total for i, n in enumerate(names)}
+
+
+@torch.no_grad()
+def validate(model: GroveModel, loader: torch.utils.data.DataLoader, device: torch.device, autocast, dist: DistEnv) -> dict[str, float]:
+    """Mean losses over the validation clips (segment-centre frames), gathered over ranks."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    clips = 0
+    for batch in loader:
+        batch = batch_to(batch, device)
+        with autocast():
+            output = model(batch)
+        size = _batch_size(batch)
+        for name, value in _losses(output).items():
+            sums[name] = sums.get(name, 0.0) + float(value) * size
+        clips += size
+    model.train(was_training)
+    means = _mean_across_ranks({k: v / max(clips, 1) for k, v in sums.items()}, clips, dist)
+    means["grounding"] = sum(means.get(term, 0.0) for term in GROUNDING_TERMS)
+    return {f"val/{k}": v for k, v in means.items()}
+
+
+def _batch_size(batch: dict[str, Any]) -> int:
+    return int(batch["input_ids"].shape[0])
+
+
+def _append_metrics(path: Path, step: int, metrics: dict[str, float]) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"step": step, **metrics}, sort_keys=True) + "\n")
+        handle.flush()
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """After resuming at `step`, forget what the killed run logged past it (it is logged again)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def train(config: TrainConfig, callback: MetricsCallback | None = None) -> TrainResult:
+    """Train (or fine-tune, with `config.init`) and return where the checkpoints are."""
+    started = time.perf_counter()
+    device = pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    dist = init_distributed(device)
+    out_dir = Path(config.out_dir)
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / "train_config.json", config.to_dict())
+    seed_everything(config.seed)
+
+    use_cuda = device.type == "cuda"
+    bf16 = use_cuda if config.bf16 is None else config.bf16
+    checkpointing = use_cuda if config.gradient_checkpointing is None else config.gradient_checkpointing
+    model_config = _model_config(config)
+    model = build_model(model_config, device, checkpointing)
+    if config.init is not None:
+        missing = load_weights(model, resolve_checkpoint(config.init), strict=False)
+        logger.info("initialised from %s%s", resolve_checkpoint(config.init), f" ({len(missing)} trainable weights not in it)" if missing else "")
+    processor = model.processor
+
+    train_records = _records(config.train_data, config.train_split, config.train_boxes, config.video_root)
+    train_records = check_answers(train_records, config.train_data, config.skip_bad_clips)
+    val_records = check_answers(_val_records(config), config.val_data or config.train_data, config.skip_bad_clips)
+    world_batch = config.micro_batch_size * dist.world_size
+    if config.batch_size % world_batch:
+        raise ValueError(f"batch size {config.batch_size} is not a multiple of micro batch × ranks = {world_batch}")
+    steps_per_epoch = max(1, len(train_records) // config.batch_size)
+    total_steps = config.max_steps if config.max_steps is not None else math.ceil(config.epochs * steps_per_epoch)
+    eval_every = config.eval_every or steps_per_epoch
+    save_every = config.save_every or eval_every
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, config.warmup_steps, total_steps)
+    )
+    checkpointer = Checkpointer(out_dir, dist, config.keep_last)
+    metrics_path = out_dir / "metrics.jsonl"
+    start_step = 0
+    resume_from = latest_checkpoint(out_dir) if config.resume else None
+    if resume_from is not None:
+        start_step = checkpointer.restore(resume_from, model, optimizer, scheduler)
+        if dist.is_main:
+            _truncate_metrics(metrics_path, start_step)
+        logger.info("resumed from %s (step %d)", resume_from, start_step)
+    elif dist.is_main and metrics_path.exists():
+        metrics_path.unlink()
+    best_val = _best_so_far(out_dir, config.best_by)
+
+    ddp_model: torch.nn.Module = model
+    if dist.enabled:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if use_cuda else None, find_unused_parameters=True
+        )
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and use_cuda else nullcontext()
+
+    sampler = StepBatchSampler(
+        len(train_records), config.batch_size, config.micro_batch_size, total_steps, start_step,
+        dist.world_size, dist.rank, config.seed,
+    )
+    cache_bytes = config.cache_mb << 20
+    train_set = GroveClipDataset(train_records, processor, config.seed, config.video_backend, cache_bytes)
+    train_loader = make_loader(train_set, sampler, processor.collate, config.num_workers)
+    val_set = GroveClipDataset(val_records[dist.rank :: dist.world_size], processor, config.seed, config.video_backend, cache_bytes)
+    val_loader = make_loader(val_set, None, processor.collate, min(config.num_workers, 1), config.micro_batch_size)
+
+    accumulation = sampler.accumulation
+    progress = Progress(total_steps, start_step, config.batch_size)
+    if dist.is_main:
+        logger.info(
+            "training %d steps (%d clips, %d steps/epoch, global batch %d = %d ranks × %d accumulation × %d), %d val clips, %s",
+            total_steps, len(train_records), steps_per_epoch, config.batch_size, dist.world_size, accumulation,
+            config.micro_batch_size, len(val_records), device,
+        )
+    model.train()
+    micro = iter(train_loader)
+    last_train_loss: float | None = None
+    last_checkpoint = resume_from
+    step = start_step
+    for step in range(start_step, total_steps):
+        sums: dict[str, float] = {}
+        for m in range(accumulation):
+            batch = batch_to(next(micro), device)
+            sync = m == accumulation - 1 or not dist.enabled
+            with (nullcontext() if sync else ddp_model.no_sync()), autocast():
+                output = ddp_model(batch)
+                losses = _losses(output)
+            (losses["loss"] / accumulation).backward()
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach()) / accumulation
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+
+        if done % config.log_every == 0 or done == total_steps:
+            metrics = {f"train/{k}": v for k, v in _mean_across_ranks(sums, 1.0, dist).items()}
+            steps_per_s, clips_per_s = progress.rates(done)
+            metrics.update({"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm),
+                            "perf/steps_per_s": steps_per_s, "perf/clips_per_s": clips_per_s})
+            last_train_loss = metrics["train/loss"]
+            _report(done, metrics, callback, metrics_path, dist)
+            if dist.is_main:
+                logger.info(progress.line(done, metrics))
+        evaluate_now = val_records and (done % eval_every == 0 or done == total_steps)
+        if evaluate_now:
+            val = validate(model, val_loader, device, autocast, dist)
+            _report(done, val, callback, metrics_path, dist)
+            current = val["val/grounding"] if config.best_by == "grounding" else val["val/loss"]
+            if best_val is None or current < best_val:
+                best_val = current
+                checkpointer.save_best(model, model_config, {"step": done, "best_by": config.best_by, **val})
+            if dist.is_main:
+                logger.info("step %d validation: %s", done, " ".join(f"{k} {v:.4f}" for k, v in val.items()))
+        if done % save_every == 0 or done == total_steps:
+            last_checkpoint = checkpointer.save(done, model, model_config, optimizer, scheduler, {"step": done})
+        step = done
+
+    if last_checkpoint is None:  # nothing to do: resumed at the end already
+        last_checkpoint = checkpointer.save(step, model, model_config, optimizer, scheduler, {"step": step})
+    result = TrainResult(
+        out_dir=str(out_dir),
+        steps=step,
+        last_checkpoint=str(last_checkpoint),
+        best_checkpoint=str(checkpointer.best) if (checkpointer.best / MODEL_FILE).exists() else None,
+        best_val_loss=best_val,
+        final_train_loss=last_train_loss,
+        resumed_from_step=start_step,
+        seconds=time.perf_counter() - started,
+        clips_seen=(step - start_step) * config.batch_size,
+    )
+    if dist.is_main:
+        atomic_write_json(out_dir / "result.json", result.to_dict())
+    _barrier(dist)
+    return result
+
+
+def _best_so_far(out_dir: Path, best_by: str) -> float | None:
+    state_file = out_dir / "best" / STATE_FILE
+    if not state_file.exists():
+        return None
+    state = json.loads(state_file.read_text())
+    return state.get("val/grounding" if best_by == "grounding" else "val/loss")
+
+
+def _report(step: int, metrics: dict[str, float], callback: MetricsCallback | None, path: Path, dist: DistEnv) -> None:
+    if not dist.is_main:
+        return
+    _append_metrics(path, step, metrics)
+    if callback is not None:
+        callback(step, metrics)
