@@ -387,7 +387,7 @@ def _run_tasks(tasks: list[ClipTask], workers: int, progress: ProgressFn | None)
         return results
     # spawn, not fork: the parent may hold threads (Arrow, torch) that a forked child would inherit locked
     context = multiprocessing.get_context("spawn")
-    chunk = max(1, min(16, len(tasks) // (workers * 8)))
+    chunk = max(1, min(4, len(tasks) // (workers * 8)))  # small chunks: steady progress, balanced workers
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         for result in pool.map(synthesize_clip, tasks, chunksize=chunk):
             results.append(result)
