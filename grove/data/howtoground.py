@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import itertools
 import json
 import logging
 import math
@@ -200,6 +201,26 @@ def _scalar_kind(value: Any) -> str | None:
     return None
 
 
+# coordinate types of a box of Python numbers -> its int mask (bit i: coordinate i is an int)
+_INT_BITS = {types: sum(1 << i for i, t in enumerate(types) if t is int)
+             for types in itertools.product((int, float), repeat=4)}
+
+
+def _python_number_boxes(frame: list | tuple) -> tuple[str, str] | None:
+    """(coordinate kind, int mask) when every box is a list of 4 Python ints/floats (the common case), else None."""
+    masks = []
+    for box in frame:
+        if type(box) is not list:
+            return None
+        bits = _INT_BITS.get(tuple(map(type, box)))
+        if bits is None:
+            return None
+        masks.append(bits)
+    low, high = min(masks), max(masks)
+    kind = "f" if high == 0 else "i" if low == 15 else "m"
+    return kind, "".join(format(m, "x") for m in masks)
+
+
 def _box_frame_token(frame: Any, where: str) -> tuple[tuple[str, str, str], list[list[float]], str | None]:
     """(token parts, boxes as float lists, int mask of this frame or None) for one entry of `bboxes`."""
     if isinstance(frame, np.ndarray):
@@ -213,6 +234,10 @@ def _box_frame_token(frame: Any, where: str) -> tuple[tuple[str, str, str], list
     frame_kind = "L" if type(frame) is list else "T"
     if not frame:
         return (frame_kind, "*", "*"), [], None
+    simple = _python_number_boxes(frame)
+    if simple is not None:
+        coord_kind, mask = simple
+        return (frame_kind, "L", coord_kind), frame, mask
     box_kinds, coord_kinds, boxes, masks = set(), set(), [], []
     for box in frame:
         if isinstance(box, np.ndarray):
@@ -254,6 +279,8 @@ def _label_frame_token(frame: Any, where: str) -> tuple[tuple[str, str], list[st
     if type(frame) not in (list, tuple):
         raise RecordError(f"{where}: expected a list of labels, got {type(frame).__name__}")
     frame_kind = "L" if type(frame) is list else "T"
+    if all(type(label) is str for label in frame):
+        return (frame_kind, "s" if frame else "*"), list(frame)
     kinds = {"s" if type(label) is str else "n" if isinstance(label, np.str_) else "?" for label in frame}
     if "?" in kinds or len(kinds) > 1:
         raise RecordError(f"{where}: labels must all be str (or all numpy str), got {list(frame)!r}")
@@ -361,35 +388,48 @@ def _scalar_value(record: Mapping[str, Any], field: str, kind: type, where: str)
     return canonical, (None if tag == kind.__name__ else tag)
 
 
-def _phrase_index(label: str, phrases: list[str], lowered: list[str]) -> int:
-    if label in phrases:
-        return phrases.index(label)
-    label = label.lower()
-    return lowered.index(label) if label in lowered else -1
+def _phrase_lookup(phrases: list[str]) -> Callable[[str], int]:
+    """label -> index of its phrase: exact match first, then case-insensitive (as the official loader), else -1."""
+    exact, lowered = {}, {}
+    for i, phrase in enumerate(phrases):
+        exact.setdefault(phrase, i)
+        lowered.setdefault(phrase.lower(), i)
+    return lambda label: exact.get(label, lowered.get(label.lower(), -1))
 
 
 class BoxColumns:
-    """The box table as column lists, filled box by box (much faster than one dict per row)."""
+    """The box table as column lists, filled frame by frame (much faster than one dict per row)."""
 
     def __init__(self) -> None:
-        self.data: dict[str, list[Any]] = {name: [] for name in BOX_SCHEMA.names}
+        self.data: dict[str, list[Any]] = {name: [] for name in ("key", "frame_index", "frame_id", "box_index",
+                                                                  "phrase_index", "phrase")}
+        self.boxes: list[Any] = []  # [x1, y1, x2, y2] each, numbers of any kind; made float64 in one go
+
+    def add_frame(self, key: str, frame_index: int, frame_id: int, boxes: list[Any], phrase_indices: list[int],
+                  phrases: list[str]) -> None:
+        n = len(boxes)
+        data = self.data
+        data["key"].extend([key] * n)
+        data["frame_index"].extend([frame_index] * n)
+        data["frame_id"].extend([frame_id] * n)
+        data["box_index"].extend(range(n))
+        data["phrase_index"].extend(phrase_indices)
+        data["phrase"].extend(phrases)
+        self.boxes.extend(boxes)
 
     def add(self, key: str, frame_index: int, frame_id: int, box_index: int, phrase_index: int, phrase: str,
             box: list[float]) -> None:
-        data = self.data
-        data["key"].append(key)
-        data["frame_index"].append(frame_index)
-        data["frame_id"].append(frame_id)
-        data["box_index"].append(box_index)
-        data["phrase_index"].append(phrase_index)
-        data["phrase"].append(phrase)
-        for name, value in zip(("x1", "y1", "x2", "y2"), box):
-            data[name].append(value)
-        data["score"].append(None)
+        for name, value in zip(self.data, (key, frame_index, frame_id, box_index, phrase_index, phrase)):
+            self.data[name].append(value)
+        self.boxes.append(box)
 
     def table(self) -> pa.Table:
-        return pa.table({name: pa.array(self.data[name], BOX_SCHEMA.field(name).type) for name in BOX_SCHEMA.names},
-                        schema=BOX_SCHEMA)
+        columns = {name: pa.array(values, BOX_SCHEMA.field(name).type) for name, values in self.data.items()}
+        coords = np.array(self.boxes, dtype=np.float64).reshape(-1, 4)
+        for i, name in enumerate(("x1", "y1", "x2", "y2")):
+            columns[name] = pa.array(coords[:, i])
+        columns["score"] = pa.nulls(len(coords), pa.float64())
+        return pa.table(columns, schema=BOX_SCHEMA)
 
 
 def _check_record(record: Any, where: str) -> None:
@@ -411,8 +451,7 @@ def _add_boxes(key: str, record: dict[str, Any], row: dict[str, Any], where: str
                layout: dict[str, Any]) -> None:
     """Append the record's boxes to `columns`; note in `layout` how its frames were spelled."""
     step = frame_step(row["fps"])
-    phrases = row["phrases"]
-    lowered = [p.lower() for p in phrases]
+    phrase_index = _phrase_lookup(row["phrases"])
     box_tokens, label_tokens, masks = [], [], []
     for t, (frame_boxes, frame_labels) in enumerate(zip(record["bboxes"], record["labels"])):
         box_token, boxes, mask = _box_frame_token(frame_boxes, f"{where}: bboxes[{t}]")
@@ -422,9 +461,7 @@ def _add_boxes(key: str, record: dict[str, Any], row: dict[str, Any], where: str
         box_tokens.append(box_token)
         label_tokens.append(label_token)
         masks.append(mask)
-        frame_id = row["clip_start_frame"] + t * step
-        for b, (box, label) in enumerate(zip(boxes, names)):
-            columns.add(key, t, frame_id, b, _phrase_index(label, phrases, lowered), label, box)
+        columns.add_frame(key, t, row["clip_start_frame"] + t * step, boxes, [phrase_index(n) for n in names], names)
     for name, tokens, default in (("bboxes", box_tokens, DEFAULT_BOX_FRAME), ("labels", label_tokens, DEFAULT_LABEL_FRAME)):
         spelled = _merge_tokens(tokens, default)
         if spelled != default:
