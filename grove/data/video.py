@@ -70,6 +70,14 @@ class DecodeTimeout(DecodeError):
     """A backend stalled past its timeout on a file; its process was killed."""
 
 
+class ContainerError(DecodeError):
+    """FFmpeg could not open the file as any container format it knows."""
+
+
+class NoVideoStream(DecodeError):
+    """The container opened but holds no video stream."""
+
+
 class BackendUnavailable(RuntimeError):
     """A backend cannot run here (not installed, or its native libraries do not load)."""
 
@@ -213,11 +221,11 @@ class PyAVReader(_Reader):
         try:
             container = av.open(str(self.path))
         except (av.FFmpegError, OSError) as exc:
-            raise DecodeError(self.path, self.backend, f"cannot open: {exc}") from exc
+            raise ContainerError(self.path, self.backend, f"cannot open: {exc}") from exc
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
             container.close()
-            raise DecodeError(self.path, self.backend, f"no video stream (streams: {', '.join(kinds)})")
+            raise NoVideoStream(self.path, self.backend, f"no video stream (streams: {', '.join(kinds)})")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO" if self._threads != 1 else "SLICE"
         stream.codec_context.thread_count = self._threads
@@ -305,7 +313,7 @@ def _header_metadata(path: Path, num_frames: int) -> VideoMetadata:
     backend reports fps, duration and size by the same definitions as PyAV."""
     with av.open(str(path)) as container:
         if not container.streams.video:
-            raise DecodeError(path, "pyav", "no video stream")
+            raise NoVideoStream(path, "pyav", "no video stream")
         stream = container.streams.video[0]
         duration_s = _stream_duration_s(stream, container)
         return VideoMetadata(
@@ -412,16 +420,22 @@ class TorchcodecReader(_Reader):
 _READERS: dict[str, ReaderFactory] = {"pyav": PyAVReader, "decord": DecordReader, "torchcodec": TorchcodecReader}
 
 
-def backend_problems() -> dict[str, str | None]:
-    """Per backend: None when it can decode here, else why not."""
-    problems: dict[str, str | None] = {"pyav": None, "torchcodec": torchcodec_problem()}
+def _decord_problem() -> str | None:
     try:
         import decord  # noqa: F401
     except ImportError as exc:
-        problems["decord"] = f"decord is not installed ({exc})"
-    else:
-        problems["decord"] = None
-    return {name: problems[name] for name in BACKENDS}
+        return f"decord is not installed ({exc})"
+    return None
+
+
+_PROBLEM_CHECKS: dict[str, Callable[[], str | None]] = {
+    "pyav": lambda: None, "decord": _decord_problem, "torchcodec": torchcodec_problem,
+}
+
+
+def backend_problems() -> dict[str, str | None]:
+    """Per backend: None when it can decode here, else why not."""
+    return {name: _PROBLEM_CHECKS[name]() for name in BACKENDS}
 
 
 def available_backends() -> list[str]:
@@ -434,7 +448,7 @@ def resolve_backend(backend: str) -> str:
         return "torchcodec" if torchcodec_problem() is None else "pyav"
     if backend not in _READERS:
         raise ValueError(f"unknown video backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")
-    problem = backend_problems()[backend]
+    problem = _PROBLEM_CHECKS[backend]()  # only this backend's: checking torchcodec imports torch
     if problem is not None:
         raise BackendUnavailable(f"{backend} backend unavailable: {problem}")
     return backend

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -165,3 +166,14 @@ def worker_accumulate(state: dict, value: int) -> int:
 
 def worker_sleep(state: dict, seconds: float) -> None:
     time.sleep(seconds)
+
+
+def stalling_probe(path: str, root: str, full_decode: bool) -> Any:
+    """A catalog probe that hangs on stall.mp4 and aborts on crash.mp4, and probes anything else."""
+    from grove.data.catalog import probe_file
+
+    if path.endswith("stall.mp4"):
+        time.sleep(3600)
+    if path.endswith("crash.mp4"):
+        os.abort()
+    return probe_file(path, root, full_decode)

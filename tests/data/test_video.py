@@ -81,12 +81,27 @@ def test_unknown_backend_is_refused():
 # --- frame ids and agreement -------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def open_reader(fixture_videos):
+    """One open reader per (fixture video, backend) for the module: isolated decord readers cost a process each."""
+    readers = {}
+
+    def get(name: str, backend: str):
+        if (name, backend) not in readers:
+            readers[name, backend] = open_video(fixture_videos[name][0], backend)
+        return readers[name, backend]
+
+    yield get
+    for reader in readers.values():
+        reader.close()
+
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", [spec.name for spec in VIDEO_SPECS])
-def test_metadata(fixture_videos, name, backend):
-    path, spec = fixture_videos[name]
-    with open_video(path, backend) as reader:
-        meta = reader.metadata
+def test_metadata(fixture_videos, open_reader, name, backend):
+    spec = fixture_videos[name][1]
+    meta = open_reader(name, backend).metadata
     assert (meta.num_frames, meta.width, meta.height) == (spec.num_frames, 128, 96)
     assert meta.codec == ("h264" if spec.codec == "libx264" else spec.codec)
     if spec.frame_ms:  # VFR: FFmpeg's average rate leaves out the last frame's duration
@@ -98,23 +113,21 @@ def test_metadata(fixture_videos, name, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", [spec.name for spec in VIDEO_SPECS])
-def test_frame_id_is_the_nth_presented_frame(fixture_videos, name, backend):
-    path, spec = fixture_videos[name]
-    with open_video(path, backend) as reader:
-        assert codes(reader.get_frames(range(spec.num_frames))) == list(range(spec.num_frames))
-        # random access, any order, repeats: answered in the order asked
-        asked = [37, 5, 5, 39, 0, 23, 12]
-        assert codes(reader.get_frames(asked)) == asked
+def test_frame_id_is_the_nth_presented_frame(fixture_videos, open_reader, name, backend):
+    spec = fixture_videos[name][1]
+    reader = open_reader(name, backend)
+    assert codes(reader.get_frames(range(spec.num_frames))) == list(range(spec.num_frames))
+    # random access, any order, repeats: answered in the order asked
+    asked = [37, 5, 5, 39, 0, 23, 12]
+    assert codes(reader.get_frames(asked)) == asked
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "pyav"])
 @pytest.mark.parametrize("name", [spec.name for spec in VIDEO_SPECS])
-def test_backends_give_the_same_pixels_as_pyav(fixture_videos, name, backend):
-    path, spec = fixture_videos[name]
-    ids = list(range(spec.num_frames))
-    with open_video(path, "pyav") as reference, open_video(path, backend) as reader:
-        expected = reference.get_frames(ids).astype(np.int16)
-        got = reader.get_frames(ids).astype(np.int16)
+def test_backends_give_the_same_pixels_as_pyav(fixture_videos, open_reader, name, backend):
+    ids = list(range(fixture_videos[name][1].num_frames))
+    expected = open_reader(name, "pyav").get_frames(ids).astype(np.int16)
+    got = open_reader(name, backend).get_frames(ids).astype(np.int16)
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() <= FRAME_TOLERANCE
 
@@ -151,16 +164,15 @@ def test_pyav_decodes_a_dense_grid_in_one_pass_and_seeks_only_for_far_frames(fix
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_read_clip_frames_decodes_the_annotation_grid(fixture_videos, backend):
-    path, _ = fixture_videos["bframes_2997.mp4"]
-    with open_video(path, backend) as reader:
-        clip = read_clip_frames(reader, clip_start_frame=3, clip_end_frame=40)
-        assert clip.frame_ids == list(range(3, 41, 5)) and codes(clip.frames) == clip.frame_ids
-        # the 8 evaluation samples (segment centres) of the grid, in the same single pass
-        centres = sample_segment_indices(len(clip.frame_ids))
-        sampled = read_clip_frames(reader, 3, 40, fps=29.97, positions=centres)
-        assert sampled.frame_ids == [clip.frame_ids[i] for i in centres]
-        assert codes(sampled.frames) == sampled.frame_ids
+def test_read_clip_frames_decodes_the_annotation_grid(open_reader, backend):
+    reader = open_reader("bframes_2997.mp4", backend)
+    clip = read_clip_frames(reader, clip_start_frame=3, clip_end_frame=40)
+    assert clip.frame_ids == list(range(3, 41, 5)) and codes(clip.frames) == clip.frame_ids
+    # the 8 evaluation samples (segment centres) of the grid, in the same single pass
+    centres = sample_segment_indices(len(clip.frame_ids))
+    sampled = read_clip_frames(reader, 3, 40, fps=29.97, positions=centres)
+    assert sampled.frame_ids == [clip.frame_ids[i] for i in centres]
+    assert codes(sampled.frames) == sampled.frame_ids
 
 
 # --- bad files and isolation ------------------------------------------------------------------
@@ -196,11 +208,10 @@ def test_bad_file_raises_decode_error_naming_file_and_backend(bad_files, kind, b
     assert str(path) in str(info.value) and backend in str(info.value)
 
 
-def test_decord_runs_isolated_by_default(fixture_videos):
-    path, _ = fixture_videos["bframes_2997.mp4"]
-    with open_video(path, "decord") as reader:
-        assert isinstance(reader, IsolatedReader)
-        assert codes(reader.get_frames([3, 30])) == [3, 30]
+def test_decord_runs_isolated_by_default(open_reader):
+    reader = open_reader("bframes_2997.mp4", "decord")
+    assert isinstance(reader, IsolatedReader)
+    assert codes(reader.get_frames([3, 30])) == [3, 30]
 
 
 def test_stalled_backend_is_killed_and_the_run_goes_on(fixture_videos, bad_files):
