@@ -585,6 +585,9 @@ def tables_to_records(clips: pa.Table, boxes: pa.Table) -> dict[str, dict[str, A
     default (lists of float lists, str labels).
     """
     by_key = boxes_by_key(boxes)
+    orphans = set(by_key) - set(clips["key"].to_pylist())
+    if orphans:
+        logger.warning("%d box key(s) have no clip row and are left out, e.g. %s", len(orphans), sorted(orphans)[:3])
     records: dict[str, dict[str, Any]] = {}
     for clip in clips.to_pylist():
         try:
@@ -654,21 +657,27 @@ def read_official(
     return records_to_tables(records, dataset, split, source=str(path), on_progress=on_progress)
 
 
+def _dump(obj: Any, path: Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        pickle.dump(obj, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def write_official(records: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write records as one dict pickle, atomically."""
     path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        pickle.dump(dict(records), handle, protocol=pickle.HIGHEST_PROTOCOL)
+    _dump(dict(records), path)
     return path
 
 
 def write_per_clip(records: Mapping[str, Any], directory: str | os.PathLike[str]) -> Path:
     """Write one pickle per clip, `<directory>/<key>.pkl`, as the official preprocessing script does (atomic each)."""
     directory = Path(directory)
+    bad = [key for key in records if "/" in key or key in ("", ".", "..")]
+    if bad:
+        raise ValueError(f"clip key(s) {bad[:3]} cannot be file names in {directory}")
     directory.mkdir(parents=True, exist_ok=True)
     for key, record in records.items():
-        if "/" in key or key in ("", ".", ".."):
-            raise ValueError(f"clip key {key!r} cannot be a file name in {directory}")
-        with atomic_path(directory / f"{key}.pkl") as tmp, open(tmp, "wb") as handle:
-            pickle.dump(record, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        _dump(record, directory / f"{key}.pkl")
     return directory
