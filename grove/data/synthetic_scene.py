@@ -237,9 +237,10 @@ def _clause_segments(clause: dict, entities: list[Entity], wall: str, rng: np.ra
         before, after = template.split("{o}")
         return [human, " " + before, obj, after]
     first = entities[members[0]]
-    options = _KIND_MOTION_PHRASES.get((first.kind, first.motion), _MOTION_PHRASES[first.motion])
-    if clause["type"] == "pair":
-        options = _MOTION_PHRASES[first.motion]  # kind-specific verbs ("rolls") may not suit the other member
+    if clause["type"] == "pair":  # kind-specific verbs ("rolls", "walks") may not suit the other member
+        options = _MOTION_PHRASES[first.motion]
+    else:
+        options = _KIND_MOTION_PHRASES.get((first.kind, first.motion), _MOTION_PHRASES[first.motion])
     singular, plural = _pick(rng, options)
     plural_subject = clause["type"] == "pair" or first.count > 1
     verb = (plural if plural_subject else singular).format(side=first.side, wall=wall)
@@ -361,8 +362,7 @@ def _sample_clauses(rng: np.random.Generator, sequence: bool, taken: set[tuple[s
         else:
             kind = _choose_kind(rng, 0.3)
             motion = _pick(rng, tuple(m for m in KINDS[kind].motions if not (sequence and m == "still")))
-            count = _count_for(rng, kind) if motion != "hides" or kind != "person" else 1
-            clauses.append({"type": "single", "entities": [add(kind, motion, count)], "motion": motion})
+            clauses.append({"type": "single", "entities": [add(kind, motion, _count_for(rng, kind))], "motion": motion})
     return clauses, entities
 
 
