@@ -1,6 +1,6 @@
 """Video decoding: one reader interface over PyAV, decord and torchcodec, isolable in a killable process.
 
-    with open_video("clip.mp4") as reader:          # backend="auto": torchcodec if usable, else PyAV
+    with open_video("clip.mp4") as reader:          # backend="auto" is PyAV (see resolve_backend)
         reader.metadata                             # fps, num_frames, width, height, duration_s, codec
         frames = reader.get_frames([0, 6, 12])      # (3, H, W, 3) uint8 RGB, in the order asked
 
@@ -17,6 +17,10 @@ Agreement. All three backends decode with libavcodec and convert to RGB with sws
 limited range), so the same ids give the same pixels: bit-exact on the H.264 test files (B-frames,
 29.97 and 23.976 fps, VFR). `FRAME_TOLERANCE` states the bound the tests allow (max |difference|
 per channel), for FFmpeg builds whose conversion rounds differently.
+
+Known defects (found by the tests): decord 0.6 returns wrong frames on random access into MPEG-4
+Part 2 video with B-frames (asked for frame 37, gave 39; decord #365), and torchcodec 0.17 fails on
+MPEG-4 B-frames in AVI ("no more frames left to decode"); PyAV reads both right.
 
 Isolation. decord can loop forever holding the GIL or leak memory on some files (mlops_anchors E.2),
 which no signal interrupts. `open_video(..., isolate=True)` (the default for decord) runs the backend
@@ -443,9 +447,11 @@ def available_backends() -> list[str]:
 
 
 def resolve_backend(backend: str) -> str:
-    """"auto" picks torchcodec when it works here, else PyAV; a named backend must be usable."""
+    """"auto" is PyAV: the fastest here on GROVE's access patterns (benchmarks/bench_decode.py: the
+    5 fps grid of 8 s 456x256 B-frame clips at ~500 frames/s against decord ~330, torchcodec ~40, whose
+    get_frames_at re-seeks on such files), with FFmpeg bundled. A named backend must be usable."""
     if backend == "auto":
-        return "torchcodec" if torchcodec_problem() is None else "pyav"
+        return "pyav"
     if backend not in _READERS:
         raise ValueError(f"unknown video backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")
     problem = _PROBLEM_CHECKS[backend]()  # only this backend's: checking torchcodec imports torch
@@ -461,20 +467,24 @@ def open_video(
     isolate: bool | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     threads: int = 0,
+    worker: Worker | None = None,
 ) -> VideoReader:
     """Open a video with one backend ("auto", "pyav", "decord", "torchcodec", or a reader factory).
 
     `isolate` runs the backend in a killable child process (default: only for decord); each call then
-    has `timeout_s`. `threads` is the decoder's thread count (0: FFmpeg decides; 1 when many readers
-    run in parallel).
+    has `timeout_s`. `worker` (implies isolation) reuses a live `Worker` instead of starting one per
+    file. `threads` is the decoder's thread count (0: FFmpeg decides; 1 when many readers run in
+    parallel).
     """
     path = Path(path)
     factory = _READERS[resolve_backend(backend)] if isinstance(backend, str) else backend
     name = backend if isinstance(backend, str) and backend != "auto" else getattr(factory, "backend", str(factory))
     if isolate is None:
-        isolate = name == "decord"
+        isolate = name == "decord" or worker is not None
+    elif worker is not None and not isolate:
+        raise ValueError("a worker runs the reader isolated: drop isolate=False or the worker")
     if isolate:
-        return IsolatedReader(path, factory, name, timeout_s=timeout_s, threads=threads)
+        return IsolatedReader(path, factory, name, timeout_s=timeout_s, threads=threads, worker=worker)
     return factory(path, threads)
 
 
@@ -620,17 +630,34 @@ def _remote_frames(state: dict[str, Any], frame_ids: list[int]) -> np.ndarray:
     return state["reader"].get_frames(frame_ids)
 
 
+def _remote_close(state: dict[str, Any]) -> None:
+    reader = state.pop("reader", None)
+    if reader is not None:
+        reader.close()
+
+
 class IsolatedReader(_Reader):
     """A backend running in a `Worker`: a crash or a stall past `timeout_s` on any call raises
-    `DecodeError`/`DecodeTimeout` naming the file and backend; the child is gone, the caller is not."""
+    `DecodeError`/`DecodeTimeout` naming the file and backend; the child is gone, the caller is not.
+
+    With `worker`, the reader runs in that (caller-owned) worker and closing it leaves the worker up
+    for the next file: one process per data-loader worker instead of one per clip.
+    """
 
     def __init__(
-        self, path: Path, factory: ReaderFactory, backend: str, timeout_s: float = DEFAULT_TIMEOUT_S, threads: int = 0
+        self,
+        path: Path,
+        factory: ReaderFactory,
+        backend: str,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        threads: int = 0,
+        worker: Worker | None = None,
     ) -> None:
         self.path = Path(path)
         self.backend = backend
         self.timeout_s = timeout_s
-        self._worker: Worker | None = Worker()
+        self._owns_worker = worker is None
+        self._worker: Worker | None = Worker() if worker is None else worker
         try:
             self.metadata = self._call(_remote_open, str(self.path), factory, threads)
         except BaseException:
@@ -654,9 +681,16 @@ class IsolatedReader(_Reader):
         return self._call(_remote_frames, ids) if ids else self._empty()
 
     def close(self) -> None:
-        if self._worker is not None:
-            self._worker.close()
-            self._worker = None
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        if self._owns_worker:
+            worker.close()
+        elif worker.alive:
+            try:
+                worker.call(_remote_close, timeout_s=self.timeout_s)
+            except (WorkerTimeout, WorkerDied):
+                pass  # the worker is gone; its owner sees `alive` False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ def test_pyav_and_decord_are_available_and_every_backend_reports_its_status():
     assert problems["torchcodec"] is None or "FFmpeg" in problems["torchcodec"] or "install" in problems["torchcodec"]
 
 
-def test_unavailable_torchcodec_is_reported_by_name_and_auto_falls_back(monkeypatch, fixture_videos):
+def test_unavailable_torchcodec_is_reported_by_name_and_auto_still_works(monkeypatch, fixture_videos):
     path, _ = fixture_videos["bframes_2997.mp4"]
     monkeypatch.setitem(sys.modules, "torchcodec", None)  # import torchcodec -> ImportError
     with pytest.raises(BackendUnavailable, match="torchcodec.*not installed"):
@@ -233,6 +233,20 @@ def test_stall_while_decoding_is_killed_and_the_reader_is_closed(fixture_videos)
     with pytest.raises(DecodeError, match="closed"):
         reader.get_frames([1])
     reader.close()
+
+
+def test_a_reused_worker_serves_reader_after_reader_until_it_is_killed(fixture_videos):
+    worker = Worker()
+    try:
+        for name in ("bframes_2997.mp4", "vfr.mp4"):
+            with open_video(fixture_videos[name][0], "decord", worker=worker) as reader:
+                assert codes(reader.get_frames([2, 40])) == [2, 40]
+            assert worker.alive  # closing the reader keeps the worker
+        with pytest.raises(DecodeTimeout):
+            open_video(fixture_videos["vfr.mp4"][0], StallingReader, worker=worker, timeout_s=2)
+        assert not worker.alive
+    finally:
+        worker.close()
 
 
 def test_crashing_backend_is_reported_not_fatal(fixture_videos):
