@@ -121,8 +121,9 @@ class MeteorScorer:
         self._lines: queue.Queue[bytes | None] = queue.Queue()
         self._stderr: collections.deque[str] = collections.deque(maxlen=20)
         self._lock = threading.Lock()
+        self._stderr_thread = threading.Thread(target=self._pump_stderr, daemon=True)
         threading.Thread(target=self._pump_stdout, daemon=True).start()
-        threading.Thread(target=self._pump_stderr, daemon=True).start()
+        self._stderr_thread.start()
 
     def _pump_stdout(self) -> None:
         for line in iter(self._process.stdout.readline, b""):
@@ -135,6 +136,7 @@ class MeteorScorer:
 
     def _failure(self, what: str) -> JavaError:
         self.close()
+        self._stderr_thread.join(timeout=5)  # the process is gone: its stderr ends shortly
         tail = "\n".join(self._stderr)
         return JavaError(f"METEOR: {what}" + (f"; JVM stderr:\n{tail}" if tail else ""))
 

@@ -72,6 +72,8 @@ def _guarded(command: Callable[..., None]) -> Callable[..., None]:
 
         try:
             command(*args, **kwargs)
+        except typer.Exit:  # click's Exit is a RuntimeError: let it through untouched
+            raise
         except JavaError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(3) from None

@@ -21,7 +21,6 @@ by name and left out; the others are still scored.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 
 from evaluation.iou import iou_xyxy
 from evaluation.report import EvalReport, Problem
+from grove.data.vidstg import read_annotation_json, tube_frame_ids
 
 THRESHOLDS = (0.3, 0.5)
 Protocol = Literal["grove", "tubedetr"]
@@ -50,11 +50,10 @@ class VidSTGSentence:
 
 def load_vidstg_gt(path: str | Path) -> dict[str, VidSTGSentence]:
     """A TubeDETR-style VidSTG annotation file -> sentences keyed by str(video_id)."""
-    path = Path(path)
+    data = read_annotation_json(path)
     try:
-        data = json.loads(path.read_text())
         videos, trajectories = data["videos"], data["trajectories"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a VidSTG annotation file with 'videos' and 'trajectories' ({exc})") from exc
     sentences: dict[str, VidSTGSentence] = {}
     for video in videos:
@@ -73,11 +72,8 @@ def load_vidstg_gt(path: str | Path) -> dict[str, VidSTGSentence]:
 
 
 def grove_frame_ids(sentence: VidSTGSentence) -> list[int]:
-    """GROVE's frames: range(tube_start, tube_end - 1, int(fps / 5))."""
-    step = int(sentence.fps / 5)
-    if step < 1:
-        raise ValueError(f"sentence {sentence.key}: fps {sentence.fps} < 5 gives GROVE's sampler a zero step")
-    return list(range(sentence.tube_start, sentence.tube_end - 1, step))
+    """GROVE's frames: range(tube_start, tube_end - 1, int(fps / 5)) (step at least 1)."""
+    return tube_frame_ids(sentence.fps, sentence.tube_start, sentence.tube_end)
 
 
 def tubedetr_frame_ids(sentence: VidSTGSentence, fps: int = 5, max_frames: int = 200) -> list[int]:

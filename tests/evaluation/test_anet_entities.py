@@ -1,0 +1,183 @@
+"""ActivityNet-Entities grounding: hand-checked Acc, F1_all/F1_loc and the per-sentence denominator quirk."""
+
+import http.server
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from evaluation.anet_entities import (
+    CoreNLPLemmatizer,
+    SpacyLemmatizer,
+    evaluate_anet_entities,
+    load_reference,
+)
+from evaluation.iou import iou_anet
+
+FAR = [300, 300, 310, 310]
+
+
+def _boxes(frame, box):
+    """10 boxes (one per sampled frame): `box` on `frame`, far away elsewhere."""
+    return [box if f == frame else FAR for f in range(10)]
+
+
+REFERENCE = {"annotations": {
+    "v1": {"segments": {
+        "0": {"tokens": ["a", "man", "cuts", "an", "apple", "with", "a", "knife"], "process_idx": [[1], [4], [7]],
+              "process_clss": [["man"], ["apple"], ["knife"]], "frame_ind": [2, 5, 7],
+              "process_bnd_box": [[10, 10, 50, 50], [60, 60, 80, 80], [0, 0, 9, 9]]},
+        "1": {"tokens": ["the", "dog", "runs"], "process_idx": [[1]], "process_clss": [["dog"]], "frame_ind": [0],
+              "process_bnd_box": [[0, 0, 30, 30]]},
+        "2": {"tokens": ["nothing"], "process_idx": [], "process_clss": [], "frame_ind": [], "process_bnd_box": []}}},
+    "v2": {"segments": {
+        "0": {"tokens": ["a", "man", "sits"], "process_idx": [[1]], "process_clss": [["man"]], "frame_ind": [9],
+              "process_bnd_box": [[5, 5, 25, 25]]}}},
+    "v3": {"segments": {"0": {"tokens": ["x"], "process_idx": [[0]], "process_clss": [["x"]], "frame_ind": [0],
+                              "process_bnd_box": [[0, 0, 5, 5]]}}},
+}}
+SPLITS = {"validation": ["v1", "v2"], "training": ["v3"]}
+LEMMAS = {"cuts": "cut", "cutting": "cut", "knives": "knife"}
+
+
+def fake_lemmatizer(words):
+    return [LEMMAS.get(w, w) for w in words]
+
+
+@pytest.fixture()
+def reference(tmp_path):
+    (tmp_path / "ref.json").write_text(json.dumps(REFERENCE))
+    (tmp_path / "split.json").write_text(json.dumps(SPLITS))
+    return load_reference(tmp_path / "ref.json", tmp_path / "split.json", ["validation"])
+
+
+GEN = {
+    "v1": {"0": {"clss": ["man", "knife", "table", "knives", "cutting"],
+                 "bbox_for_all_frames": [_boxes(2, [10, 10, 50, 50]), _boxes(7, [40, 40, 49, 49]), _boxes(0, FAR),
+                                         _boxes(7, [0, 0, 9, 9]), _boxes(0, FAR)]}},
+    "v2": {"0": {"clss": ["man"], "bbox_for_all_frames": [_boxes(9, [5, 5, 25, 25])]}},
+    "v3": {"0": {"clss": ["x"], "bbox_for_all_frames": [_boxes(0, [0, 0, 5, 5])]}},  # outside the split
+}
+
+
+def test_generated_sentence_scores(reference):
+    report = evaluate_anet_entities(reference, GEN, "gen", fake_lemmatizer, "fake")
+    m = report.metrics
+    # all: precision man [1, 1], knife [0], table [0], knives [0] ('cutting' lemmatises to an unannotated word: skipped)
+    # over the 3 classes of the predicted segments (man, apple, knife); recall man [1, 1], apple [0], knife [0], dog [0]
+    assert m["Prec_all"] == pytest.approx(1 / 3) and m["Rec_all"] == pytest.approx(1 / 3)
+    assert m["F1_all"] == pytest.approx(1 / 3)
+    # per sentence: v1/0 p = 1/4 (man 1; knife, table, knives 0), r = 1/3, so F1 = 2/7; v2/0 F1 = 1;
+    # the sum is divided by the 3 submitted segments (v3, outside the split, counts too)
+    assert m["F1_all_per_sent"] == pytest.approx((2 / 7 + 1) / 3)
+    # loc: hallucinated words and unpredicted GT words are skipped: v1/0 p = r = 1/2
+    assert m["Prec_loc"] == pytest.approx(1 / 3) and m["Rec_loc"] == pytest.approx(1 / 3)
+    assert m["F1_loc_per_sent"] == pytest.approx((0.5 + 1) / 3)
+    assert report.protocol["lemmatizer"] == "fake"
+    assert [(p.item, p.kind) for p in report.problems] == [("v3", "unknown_video")]
+
+
+def test_gt_sentence_accuracy(reference):
+    submission = {"v1": {"0": {"clss": ["man", "knife"], "idx_in_sent": [1, 7],
+                               "bbox_for_all_frames": [_boxes(2, [10, 10, 50, 50]), _boxes(6, [0, 0, 9, 9])]}},
+                  "v2": {"0": {"clss": ["man"], "idx_in_sent": [1], "bbox_for_all_frames": [_boxes(9, [5, 5, 25, 25])]}}}
+    report = evaluate_anet_entities(reference, submission, "GT")
+    # man [1, 1], apple [0] (not grounded), knife [0] (right box, wrong frame), dog [0] (segment missing)
+    assert report.metrics == {"Acc": pytest.approx(0.25)}
+
+
+def test_malformed_segments_are_named_and_dropped(reference):
+    bad = {"v1": {"0": {"clss": ["man"], "bbox_for_all_frames": [[[0, 0, 1, 1]] * 9]}}, "v2": GEN["v2"]}
+    report = evaluate_anet_entities(reference, bad, "gen", fake_lemmatizer)
+    assert [(p.item, p.kind) for p in report.problems] == [("v1/0", "invalid_prediction")]
+    assert "10 finite boxes" in report.problems[0].message
+    assert report.num_scored == 1
+
+
+def test_plus_one_iou_and_degenerate_boxes():
+    assert iou_anet(np.array([0, 0, 9, 9]), np.array([0, 0, 9, 9])) == 1.0
+    assert iou_anet(np.array([0, 0, 10, 10]), np.array([0, 0, 10, 4])) == pytest.approx(55 / 121, rel=1e-6)
+    assert iou_anet(np.array([0, 0, 9, 9]), np.array([4, 4, 4, 4])) == 0.0  # a one-pixel GT box
+    assert iou_anet(np.array([4, 4, 4, 4]), np.array([4, 4, 4, 4])) == -1.0  # a one-pixel prediction
+    assert iou_anet(np.array([0, 0, 9, 9]), np.array([0, 0, 9, 9]), same_frame=np.array(False)) == 0.0
+    assert iou_anet(np.array([0, 0, 9, 9]), np.array([0, 0, 9, 9])).dtype == np.float32
+
+
+def test_spacy_lemmatizer():
+    assert SpacyLemmatizer()(["knives", "cutting", "men", ""]) == ["knife", "cut", "man", ""]
+
+
+class _FakeCoreNLP(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        text = self.rfile.read(int(self.headers["Content-Length"])).decode()
+        assert "lemma" in self.path
+        body = json.dumps({"sentences": [{"tokens": [{"word": text, "lemma": LEMMAS.get(text, text)}]}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_corenlp_server_client_and_its_record(reference):
+    server = http.server.HTTPServer(("127.0.0.1", 0), _FakeCoreNLP)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        lemmatizer = CoreNLPLemmatizer(f"http://127.0.0.1:{server.server_port}")
+        assert lemmatizer(["cutting", "dog"]) == ["cut", "dog"]
+        report = evaluate_anet_entities(reference, GEN, "gen", lemmatizer)
+        assert report.protocol["lemmatizer"].startswith("Stanford CoreNLP server at http://127.0.0.1")
+        assert report.metrics == evaluate_anet_entities(reference, GEN, "gen", fake_lemmatizer).metrics
+    finally:
+        server.shutdown()
+    with pytest.raises(RuntimeError, match="CoreNLP server"):
+        CoreNLPLemmatizer(f"http://127.0.0.1:{server.server_port}", timeout_s=2)(["x"])
+
+
+def _random_split(rng):
+    words = ["man", "woman", "knife", "apple", "dog", "ball", "table", "cup", "men", "knives", "cutting"]
+    ref, pred = {}, {}
+    for v in range(8):
+        vid = f"v{v}"
+        ref[vid] = {"segments": {}}
+        pred[vid] = {}
+        for s in range(3):
+            tokens = list(rng.choice(words + ["the", "a", "runs", "cuts"], size=8))
+            objects = sorted(rng.choice(8, size=int(rng.integers(0, 4)), replace=False).tolist())
+            boxes = [[float(x) for x in np.sort(rng.integers(0, 60, 2)).tolist() + np.sort(rng.integers(0, 60, 2)).tolist()]
+                     for _ in objects]
+            boxes = [[b[0], b[2], b[1], b[3]] for b in boxes]
+            ref[vid]["segments"][str(s)] = {"tokens": tokens, "process_idx": [[i] for i in objects],
+                                            "process_clss": [[tokens[i]] for i in objects],
+                                            "frame_ind": rng.integers(0, 10, len(objects)).tolist(),
+                                            "process_bnd_box": boxes}
+            if rng.random() < 0.85:
+                gt_words = [tokens[i] for i in objects]
+                clss = [str(rng.choice(gt_words)) if gt_words and rng.random() < 0.7 else str(rng.choice(words))
+                        for _ in range(int(rng.integers(0, 5)))]
+                frames, idx = [], []
+                for c in clss:
+                    anchor = boxes[gt_words.index(c)] if c in gt_words and rng.random() < 0.8 else [0, 0, 30, 30]
+                    frames.append([[a + float(rng.integers(-4, 5)) for a in anchor] for _ in range(10)])
+                    idx.append(objects[gt_words.index(c)] if c in gt_words else int(rng.integers(0, 8)))
+                pred[vid][str(s)] = {"clss": clss, "idx_in_sent": idx, "bbox_for_all_frames": frames}
+    return ref, pred
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+@pytest.mark.parametrize("seed", range(5))
+def test_equals_the_official_script_on_random_splits(seed):
+    from tests.evaluation.official_anet import grd_eval, gt_grd_eval
+
+    ref, pred = _random_split(np.random.default_rng(seed))
+    report = evaluate_anet_entities(ref, pred, "gen", fake_lemmatizer)
+    for mode in ("all", "loc"):
+        f1, f1_per_sent = grd_eval(ref, pred, lambda w: LEMMAS.get(w, w), mode)
+        f1 = 0.0 if np.isnan(f1) else f1  # the reference's 0/0 when P = R = 0; ours is 0 (documented)
+        assert report.metrics[f"F1_{mode}"] == pytest.approx(float(f1), abs=1e-12)
+        assert report.metrics[f"F1_{mode}_per_sent"] == pytest.approx(float(f1_per_sent), abs=1e-12)
+    assert evaluate_anet_entities(ref, pred, "GT").metrics["Acc"] == pytest.approx(float(gt_grd_eval(ref, pred)), abs=1e-12)
