@@ -61,6 +61,7 @@ def train_command(
     skip_bad_clips: bool = typer.Option(False, "--skip-bad-clips", help="Drop clips whose caption and phrases do not fit."),
     no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if --out holds a checkpoint."),
     nproc: int = typer.Option(1, "--nproc", help="Processes on this machine (DDP through torchrun)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per process (default 1; see grove.train.cpu_threads)."),
 ) -> None:
     """Pre-train or fine-tune GROVE; prints where the best and last checkpoints are."""
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -73,7 +74,7 @@ def train_command(
             val_split=val_split, init=init, max_steps=max_steps, epochs=epochs, batch_size=batch_size,
             micro_batch_size=micro_batch_size, lr=lr, warmup_steps=warmup_steps, seed=seed, num_workers=workers,
             log_every=log_every, eval_every=eval_every, save_every=save_every, device=device, train_boxes=boxes,
-            video_root=videos, skip_bad_clips=skip_bad_clips, resume=not no_resume,
+            video_root=videos, skip_bad_clips=skip_bad_clips, resume=not no_resume, cpu_threads=threads,
         ),
         callback=_echo_metrics,
     )
@@ -96,12 +97,18 @@ def infer_command(
     end: Optional[float] = typer.Option(None, "--end", help="With --video: last second to use."),
     max_clips: Optional[int] = typer.Option(None, "--max-clips", help="With --data: only the first N clips."),
     device: str = typer.Option("cpu", "--device"),
+    threads: int = typer.Option(1, "--threads", help="CPU threads (small ops: 1 is fastest on a busy machine)."),
 ) -> None:
     """Grounded captions: for one video file (--video) or for a dataset split (--data)."""
     if (video is None) == (data is None):
         raise typer.BadParameter("give exactly one of --video FILE or --data DIR")
+    import torch
+
     from grove.infer import infer_video, predict_dataset, temporal_grounding
     from grove.train import load_model
+
+    if device == "cpu":
+        torch.set_num_threads(max(1, threads))
 
     model = load_model(checkpoint, device)
     if data is not None:

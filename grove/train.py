@@ -68,7 +68,8 @@ GROUNDING_TERMS = ("giou", "l1", "tobj")
 class TrainConfig:
     """One training run. `train_data` / `val_data`: a dataset folder or a clip table (clips.parquet).
 
-    `val_data=None` validates on `val_split` of the training data when it has that split.
+    `val_data=None` validates on `val_split` of the training data when it has that split;
+    `val_split=None` turns validation off.
     `batch_size` is the global batch (ranks × accumulation × micro batch); `max_steps` overrides
     `epochs`. `init` is a checkpoint whose trainable weights start the run (fine-tuning).
     """
@@ -79,7 +80,7 @@ class TrainConfig:
     model_overrides: dict[str, Any] = field(default_factory=dict)
     train_split: str = "train"
     val_data: str | None = None
-    val_split: str = "val"
+    val_split: str | None = "val"  # None: no validation
     init: str | None = None
     max_steps: int | None = None
     epochs: float = 20.0
@@ -107,6 +108,7 @@ class TrainConfig:
     val_boxes: str | None = None
     video_root: str | None = None
     skip_bad_clips: bool = False
+    cpu_threads: int | None = None  # CPU only; None: 1 (see cpu_threads)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -165,6 +167,13 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device("cuda", local_rank)
     logger.info("no GPU found: training on the CPU (fp32, no gradient checkpointing)")
     return torch.device("cpu")
+
+
+def cpu_threads(requested: int | None) -> int:
+    """Intra-op threads per rank for CPU training: 1 unless asked. The tiny model's ops are small,
+    and a thread that waits for a busy core stalls every op (measured on a shared 2-core machine:
+    0.15 CPU-s per step with 1 thread, 1.3 with 2); ranks and loader workers take the other cores."""
+    return max(1, requested) if requested is not None else 1
 
 
 def seed_everything(seed: int) -> None:
@@ -376,6 +385,8 @@ def check_answers(records: list[ClipRecord], source: str, skip: bool) -> list[Cl
 
 
 def _val_records(config: TrainConfig) -> list[ClipRecord]:
+    if config.val_split is None:
+        return []
     if config.val_data is not None:
         records = _records(config.val_data, config.val_split, config.val_boxes, config.video_root)
     else:
@@ -465,27 +476,18 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def train(config: TrainConfig, callback: MetricsCallback | None = None) -> TrainResult:
-    """Train (or fine-tune, with `config.init`) and return where the checkpoints are."""
-    started = time.perf_counter()
-    device = pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
-    dist = init_distributed(device)
-    out_dir = Path(config.out_dir)
-    if dist.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out_dir / "train_config.json", config.to_dict())
-    seed_everything(config.seed)
+@dataclass
+class _Data:
+    train: list[ClipRecord]
+    val: list[ClipRecord]
+    steps_per_epoch: int
+    total_steps: int
+    eval_every: int
+    save_every: int
 
-    use_cuda = device.type == "cuda"
-    bf16 = use_cuda if config.bf16 is None else config.bf16
-    checkpointing = use_cuda if config.gradient_checkpointing is None else config.gradient_checkpointing
-    model_config = _model_config(config)
-    model = build_model(model_config, device, checkpointing)
-    if config.init is not None:
-        missing = load_weights(model, resolve_checkpoint(config.init), strict=False)
-        logger.info("initialised from %s%s", resolve_checkpoint(config.init), f" ({len(missing)} trainable weights not in it)" if missing else "")
-    processor = model.processor
 
+def _plan(config: TrainConfig, dist: DistEnv) -> _Data:
+    """Read and check the clips first, so bad data fails before a model is built."""
     train_records = _records(config.train_data, config.train_split, config.train_boxes, config.video_root)
     train_records = check_answers(train_records, config.train_data, config.skip_bad_clips)
     val_records = check_answers(_val_records(config), config.val_data or config.train_data, config.skip_bad_clips)
@@ -495,13 +497,64 @@ def train(config: TrainConfig, callback: MetricsCallback | None = None) -> Train
     steps_per_epoch = max(1, len(train_records) // config.batch_size)
     total_steps = config.max_steps if config.max_steps is not None else math.ceil(config.epochs * steps_per_epoch)
     eval_every = config.eval_every or steps_per_epoch
-    save_every = config.save_every or eval_every
+    return _Data(train_records, val_records, steps_per_epoch, total_steps, eval_every, config.save_every or eval_every)
+
+
+def _loaders(config: TrainConfig, data: _Data, processor: Any, start_step: int, dist: DistEnv):
+    sampler = StepBatchSampler(
+        len(data.train), config.batch_size, config.micro_batch_size, data.total_steps, start_step,
+        dist.world_size, dist.rank, config.seed,
+    )
+    cache_bytes = config.cache_mb << 20
+    train_set = GroveClipDataset(data.train, processor, config.seed, config.video_backend, cache_bytes)
+    val_set = GroveClipDataset(data.val[dist.rank :: dist.world_size], processor, config.seed, config.video_backend, cache_bytes)
+    return (
+        make_loader(train_set, sampler, processor.collate, config.num_workers),
+        make_loader(val_set, None, processor.collate, min(config.num_workers, 1), config.micro_batch_size),
+        sampler.accumulation,
+    )
+
+
+def _train_step(ddp_model, micro, accumulation: int, device, autocast, dist: DistEnv) -> dict[str, float]:
+    """Forward and backward over the step's micro-batches (gradients synchronised on the last)."""
+    sums: dict[str, float] = {}
+    for m in range(accumulation):
+        batch = batch_to(next(micro), device)
+        sync = m == accumulation - 1 or not dist.enabled
+        with (nullcontext() if sync else ddp_model.no_sync()), autocast():
+            losses = _losses(ddp_model(batch))
+        (losses["loss"] / accumulation).backward()
+        for name, value in losses.items():
+            sums[name] = sums.get(name, 0.0) + float(value.detach()) / accumulation
+    return sums
+
+
+def train(config: TrainConfig, callback: MetricsCallback | None = None) -> TrainResult:
+    """Train (or fine-tune, with `config.init`) and return where the checkpoints are."""
+    started = time.perf_counter()
+    device = pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    dist = init_distributed(device)
+    out_dir = Path(config.out_dir)
+    data = _plan(config, dist)
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / "train_config.json", config.to_dict())
+    seed_everything(config.seed)
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads(config.cpu_threads))
+
+    use_cuda = device.type == "cuda"
+    bf16 = use_cuda if config.bf16 is None else config.bf16
+    checkpointing = use_cuda if config.gradient_checkpointing is None else config.gradient_checkpointing
+    model_config = _model_config(config)
+    model = build_model(model_config, device, checkpointing)
+    if config.init is not None:
+        missing = load_weights(model, resolve_checkpoint(config.init), strict=False)
+        logger.info("initialised from %s%s", resolve_checkpoint(config.init), f" ({len(missing)} trainable weights not in it)" if missing else "")
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, config.warmup_steps, total_steps)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config.warmup_steps, data.total_steps))
     checkpointer = Checkpointer(out_dir, dist, config.keep_last)
     metrics_path = out_dir / "metrics.jsonl"
     start_step = 0
@@ -511,12 +564,16 @@ def train(config: TrainConfig, callback: MetricsCallback | None = None) -> Train
         if dist.is_main:
             _truncate_metrics(metrics_path, start_step)
         logger.info("resumed from %s (step %d)", resume_from, start_step)
-    elif dist.is_main and metrics_path.exists():
-        metrics_path.unlink()
-    best_val = _best_so_far(out_dir, config.best_by)
+    elif dist.is_main:  # a fresh start: a previous run's files there would be mistaken for this run's
+        for stale in (checkpointer.root, checkpointer.best):
+            shutil.rmtree(stale, ignore_errors=True)
+        metrics_path.unlink(missing_ok=True)
+    _barrier(dist)
+    best_val = _best_so_far(out_dir, config.best_by) if resume_from is not None else None
 
     ddp_model: torch.nn.Module = model
     if dist.enabled:
+        # the box decoder sits idle on a micro-batch without phrases, hence find_unused_parameters
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if use_cuda else None, find_unused_parameters=True
         )
@@ -524,47 +581,27 @@ def train(config: TrainConfig, callback: MetricsCallback | None = None) -> Train
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and use_cuda else nullcontext()
 
-    sampler = StepBatchSampler(
-        len(train_records), config.batch_size, config.micro_batch_size, total_steps, start_step,
-        dist.world_size, dist.rank, config.seed,
-    )
-    cache_bytes = config.cache_mb << 20
-    train_set = GroveClipDataset(train_records, processor, config.seed, config.video_backend, cache_bytes)
-    train_loader = make_loader(train_set, sampler, processor.collate, config.num_workers)
-    val_set = GroveClipDataset(val_records[dist.rank :: dist.world_size], processor, config.seed, config.video_backend, cache_bytes)
-    val_loader = make_loader(val_set, None, processor.collate, min(config.num_workers, 1), config.micro_batch_size)
-
-    accumulation = sampler.accumulation
-    progress = Progress(total_steps, start_step, config.batch_size)
+    train_loader, val_loader, accumulation = _loaders(config, data, model.processor, start_step, dist)
+    progress = Progress(data.total_steps, start_step, config.batch_size)
     if dist.is_main:
         logger.info(
-            "training %d steps (%d clips, %d steps/epoch, global batch %d = %d ranks × %d accumulation × %d), %d val clips, %s",
-            total_steps, len(train_records), steps_per_epoch, config.batch_size, dist.world_size, accumulation,
-            config.micro_batch_size, len(val_records), device,
+            "training %d steps (%d clips, %d steps/epoch, global batch %d = %d ranks × %d accumulation × %d), %d val clips, %s, %d threads",
+            data.total_steps, len(data.train), data.steps_per_epoch, config.batch_size, dist.world_size, accumulation,
+            config.micro_batch_size, len(data.val), device, torch.get_num_threads(),
         )
     model.train()
     micro = iter(train_loader)
     last_train_loss: float | None = None
     last_checkpoint = resume_from
     step = start_step
-    for step in range(start_step, total_steps):
-        sums: dict[str, float] = {}
-        for m in range(accumulation):
-            batch = batch_to(next(micro), device)
-            sync = m == accumulation - 1 or not dist.enabled
-            with (nullcontext() if sync else ddp_model.no_sync()), autocast():
-                output = ddp_model(batch)
-                losses = _losses(output)
-            (losses["loss"] / accumulation).backward()
-            for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach()) / accumulation
+    for done in range(start_step + 1, data.total_steps + 1):
+        sums = _train_step(ddp_model, micro, accumulation, device, autocast, dist)
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-
-        if done % config.log_every == 0 or done == total_steps:
+        step = done
+        if done % config.log_every == 0 or done == data.total_steps:
             metrics = {f"train/{k}": v for k, v in _mean_across_ranks(sums, 1.0, dist).items()}
             steps_per_s, clips_per_s = progress.rates(done)
             metrics.update({"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm),
@@ -573,8 +610,7 @@ def train(config: TrainConfig, callback: MetricsCallback | None = None) -> Train
             _report(done, metrics, callback, metrics_path, dist)
             if dist.is_main:
                 logger.info(progress.line(done, metrics))
-        evaluate_now = val_records and (done % eval_every == 0 or done == total_steps)
-        if evaluate_now:
+        if data.val and (done % data.eval_every == 0 or done == data.total_steps):
             val = validate(model, val_loader, device, autocast, dist)
             _report(done, val, callback, metrics_path, dist)
             current = val["val/grounding"] if config.best_by == "grounding" else val["val/loss"]
@@ -583,11 +619,10 @@ def train(config: TrainConfig, callback: MetricsCallback | None = None) -> Train
                 checkpointer.save_best(model, model_config, {"step": done, "best_by": config.best_by, **val})
             if dist.is_main:
                 logger.info("step %d validation: %s", done, " ".join(f"{k} {v:.4f}" for k, v in val.items()))
-        if done % save_every == 0 or done == total_steps:
+        if done % data.save_every == 0 or done == data.total_steps:
             last_checkpoint = checkpointer.save(done, model, model_config, optimizer, scheduler, {"step": done})
-        step = done
 
-    if last_checkpoint is None:  # nothing to do: resumed at the end already
+    if last_checkpoint is None:  # zero steps (e.g. --max-steps 0 to export an --init model)
         last_checkpoint = checkpointer.save(step, model, model_config, optimizer, scheduler, {"step": step})
     result = TrainResult(
         out_dir=str(out_dir),

@@ -60,8 +60,10 @@ def make_dataset(
     height: int = 48,
     fps: float = 10.0,
     seconds: float = 4.0,
+    colours: list[str] | None = None,
 ) -> Path:
-    """Write a dataset folder (clips.parquet, boxes_raw/processed.parquet, videos/, dataset.json)."""
+    """Write a dataset folder (clips.parquet, boxes_raw/processed.parquet, videos/, dataset.json).
+    `colours` fixes the squares of every clip (so every caption is the same); default: 1-2 at random."""
     rng = np.random.default_rng(seed)
     num_frames = int(round(fps * seconds))
     clips, boxes = [], []
@@ -69,7 +71,7 @@ def make_dataset(
     for split, count in splits.items():
         for c in range(count):
             video_id = f"{split}{c:03d}"
-            picked = [str(x) for x in rng.choice(names, size=int(rng.integers(1, 3)), replace=False)]
+            picked = list(colours) if colours else [str(x) for x in rng.choice(names, size=int(rng.integers(1, 3)), replace=False)]
             size = int(min(width, height) // 3)
             tracks = [square_track(rng, num_frames, width, height, size) for _ in picked]
             visible = [np.ones(num_frames, bool) for _ in picked]
