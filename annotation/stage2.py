@@ -112,7 +112,8 @@ def _verb_phrase(svo: SVO, others: set[str]) -> str:
     if svo.obj:
         words.append(svo.obj)
     for prep, pobj in svo.preps:
-        if pobj.split()[-1:] and pobj.split()[-1] in SCENE_WORDS or pobj in others:
+        scene = svo.is_action and pobj.split()[-1:] and pobj.split()[-1] in SCENE_WORDS  # "is in the scene" stays
+        if scene or pobj in others:
             continue
         words.append(f"{prep} {pobj}")
     return " ".join(words)
@@ -122,9 +123,17 @@ class ConsensusAggregator:
     """Frequency-based aggregation of frame phrases and clauses; no LLM, deterministic."""
 
     def __init__(
-        self, parser: SpacyParser, min_support: float = 0.2, min_action: float = 0.15, max_phrases: int = 4
+        self,
+        parser: SpacyParser,
+        min_support: float = 0.2,
+        min_action: float = 0.15,
+        max_phrases: int = 4,
+        select: str = "all",
     ) -> None:
+        if select not in ("active", "all"):
+            raise ValueError(f"consensus select must be 'active' or 'all', got {select!r}")
         self.parser = parser
+        self.select = select
         self.min_support = min_support
         self.min_action = min_action
         self.max_phrases = max_phrases
@@ -135,6 +144,7 @@ class ConsensusAggregator:
             "min_support": self.min_support,
             "min_action": self.min_action,
             "max_phrases": self.max_phrases,
+            "select": self.select,
         }
 
     def entities(self, clip: ClipFrames, svos: Sequence[tuple[SVO, ...] | None]) -> list[_Entity]:
@@ -171,6 +181,9 @@ class ConsensusAggregator:
 
     def choose(self, entities: list[_Entity], num_frames: int) -> list[_Entity]:
         seen = [e for e in entities if len(e.frames) >= max(1.0, self.min_support * num_frames)]
+        if self.select == "all":
+            ranked = sorted(seen, key=lambda e: (not e.parts.is_human, -sum(e.actions.values()), -len(e.frames), e.phrase))
+            return ranked[: self.max_phrases]
         active = [e for e in seen if sum(e.actions.values()) >= max(1.0, self.min_action * e.sampled)]
         if active:
             ranked = sorted(active, key=lambda e: (not e.parts.is_human, -sum(e.actions.values()), -len(e.frames), e.phrase))
@@ -302,7 +315,7 @@ class Stage2:
         # say how many frames its prompt lists; neighbouring 5 fps frames mostly repeat each other, and
         # the dependency parse is stage 2's main CPU cost. Entity support still counts every frame.
         self.clause_frames = int(options.pop("clause_frames", 10))
-        consensus_options = {k: options.pop(k) for k in ("min_support", "min_action", "max_phrases") if k in options}
+        consensus_options = {k: options.pop(k) for k in ("min_support", "min_action", "max_phrases", "select") if k in options}
         self.consensus = ConsensusAggregator(self.parser, **consensus_options)
         self.engine = engine
         self.llm = None if engine == "consensus" else LlmAggregator(make_generator(engine, options), self.parser, self.consensus)

@@ -258,3 +258,48 @@ def assign_boxes(
                 )
                 box_index += 1
     return rows
+
+
+def complete_tubes(rows: list[dict[str, Any]], grid_ids: dict[str, list[int]], max_missing: int,
+                   smooth_radius: int = 0) -> list[dict[str, Any]]:
+    """Temporal consistency on a clip's phrase tubes (an extension; 0 and 0 give the paper's output).
+
+    Where a phrase has exactly one box in two frames at most `max_missing` grid frames apart and none
+    in between, the frames in between get the linearly interpolated box (a captioner's missed
+    detections). `smooth_radius` > 0 replaces each single-instance box by the median of its tube
+    over that many frames either side (a captioner's box jitter). Frames with several instances of
+    the phrase are left alone: which instance is which is not known.
+    """
+    if max_missing <= 0 and smooth_radius <= 0:
+        return rows
+    tubes: dict[tuple[str, int], dict[int, list[dict[str, Any]]]] = {}
+    for row in rows:
+        tubes.setdefault((row["key"], row["phrase_index"]), {}).setdefault(row["frame_index"], []).append(row)
+    added = []
+    for (key, _), frames in tubes.items():
+        single = {f: boxes[0] for f, boxes in frames.items() if len(boxes) == 1}
+        if smooth_radius > 0:
+            _smooth(single, smooth_radius)
+        points = sorted(single)
+        for a, b in zip(points, points[1:]):
+            if 1 < b - a <= max_missing + 1 and not any(f in frames for f in range(a + 1, b)):
+                for f in range(a + 1, b):
+                    w = (f - a) / (b - a)
+                    box = {c: (1 - w) * single[a][c] + w * single[b][c] for c in ("x1", "y1", "x2", "y2")}
+                    added.append(single[a] | box | {"frame_index": f, "frame_id": grid_ids[key][f], "box_index": -1})
+    out = sorted(rows + added, key=lambda r: (r["key"], r["frame_index"], r["box_index"] < 0, r["box_index"], r["phrase_index"]))
+    previous, counter = None, 0
+    for row in out:
+        counter = counter + 1 if (row["key"], row["frame_index"]) == previous else 0
+        previous = (row["key"], row["frame_index"])
+        row["box_index"] = counter
+    return out
+
+
+def _smooth(single: dict[int, dict[str, Any]], radius: int) -> None:
+    frames = sorted(single)
+    original = {f: [single[f][c] for c in ("x1", "y1", "x2", "y2")] for f in frames}
+    for f in frames:
+        window = [original[g] for g in frames if abs(g - f) <= radius]
+        median = np.median(np.array(window), axis=0)
+        single[f].update(zip(("x1", "y1", "x2", "y2"), (round(float(v), 2) for v in median)))

@@ -46,7 +46,7 @@ class SVO:
 
     @property
     def is_action(self) -> bool:
-        return bool(self.verb) and self.verb not in STATIC_VERBS
+        return bool(self.verb) and self.verb.split()[0] not in STATIC_VERBS
 
 
 @dataclass(frozen=True)
@@ -160,18 +160,22 @@ def _preps(token: Any) -> list[tuple[str, str]]:
 
 def _clause(verb: Any, inherited_subject: Any | None) -> tuple[SVO, Any | None]:
     subject = next((c for c in verb.children if c.dep_ in {"nsubj", "nsubjpass", "expl"}), None)
-    if subject is not None and subject.dep_ == "expl":  # "there is X": X is the subject
+    existential = subject is not None and subject.dep_ == "expl"
+    if existential:  # "there is X in Y": X is the subject, "in Y" places it
         subject = next((c for c in verb.children if c.dep_ in {"attr", "dobj"}), None)
         obj = None
     else:
         subject = subject if subject is not None else inherited_subject
         obj = next((c for c in verb.children if c.dep_ in {"dobj", "attr", "oprd", "acomp"}), None)
     preps = _preps(verb) + (_preps(obj) if obj is not None else [])
+    if existential and subject is not None:
+        preps += _preps(subject)
     # phrasal verbs keep their particle and a following adverb: "moves up", "stays still"
     particles = [c.lower_ for c in verb.children
                  if c.dep_ == "prt" or (c.dep_ == "advmod" and c.pos_ == "ADV" and c.i == verb.i + 1)]
     lemma = " ".join([verb.lemma_.lower(), *particles])
-    svo = SVO(_phrase_text(subject, with_preps=True), lemma, _phrase_text(obj, with_preps=True), tuple(preps))
+    subject_text = _phrase_text(subject, with_preps=not existential)
+    svo = SVO(subject_text, lemma, _phrase_text(obj, with_preps=True), tuple(preps))
     return svo, subject
 
 
