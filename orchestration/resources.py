@@ -34,8 +34,7 @@ log = logging.getLogger(__name__)
 LAYOUT: dict[str, str] = {
     "synthetic": "raw/synthetic",
     "catalog": "catalog/pool",
-    "shards": "annotation/shards",
-    "pool": "annotation/pool",
+    "annotation": "annotation/pool",
     "iground": "benchmarks/iground",
     "subsets": "subsets",
     "pretrained": "checkpoints/pretrain",
@@ -198,14 +197,26 @@ class MlflowResource(dg.ConfigurableResource):
             raise
         client.set_terminated(tracked.run_id, status="FINISHED")
 
-    def register(self, run: TrackedRun, artifact_path: str, alias: str, tags: Mapping[str, str] | None = None) -> str:
-        """Register `runs:/<run>/<artifact_path>` as a new model version and point `alias` at it."""
-        _ensure_registered_model(run.client, self.registered_model)
-        version = run.client.create_model_version(
-            self.registered_model, source=f"runs:/{run.run_id}/{artifact_path}", run_id=run.run_id, tags=tags
-        )
-        run.client.set_registered_model_alias(self.registered_model, alias, version.version)
+    def register(self, run_id: str, source: str, alias: str, tags: Mapping[str, str] | None = None) -> str:
+        """Register `source` (a `runs:/` artifact URI, or a checkpoint folder's URI) as a new version of
+        the registered model, made by `run_id`, and point `alias` at it (aliases, not the deprecated stages)."""
+        client = self.client()
+        _ensure_registered_model(client, self.registered_model)
+        version = client.create_model_version(self.registered_model, source=source, run_id=run_id, tags=dict(tags or {}))
+        client.set_registered_model_alias(self.registered_model, alias, version.version)
         return str(version.version)
+
+    def latest_run(self, asset_key: str, partition: str) -> Any | None:
+        """The newest finished run of an asset partition, or None."""
+        client = self.client()
+        runs = client.search_runs(
+            [self.experiment_id(client)],
+            filter_string=f"tags.`dagster.asset_key` = '{asset_key}' and tags.`dagster.partition` = '{partition}' "
+            "and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return runs[0] if runs else None
 
 
 def _ensure_registered_model(client: Any, name: str) -> None:
@@ -363,13 +374,15 @@ class PipesLauncher(dg.ConfigurableResource, ABC):
 
     nproc_per_node: int = Field(default=1, ge=1, description="torchrun processes (GPUs) per node")
 
-    def torchrun_command(self, module: str, args: Sequence[str] = (), python: str = sys.executable) -> list[str]:
+    def torchrun_command(
+        self, module: str, args: Sequence[str] = (), python: str = sys.executable, nproc: int | None = None
+    ) -> list[str]:
         return [
             python,
             "-m",
             "torch.distributed.run",
             "--standalone",
-            f"--nproc-per-node={self.nproc_per_node}",
+            f"--nproc-per-node={nproc or self.nproc_per_node}",
             "-m",
             module,
             *args,
@@ -383,7 +396,9 @@ class PipesLauncher(dg.ConfigurableResource, ABC):
         module: str,
         args: Sequence[str] = (),
         extras: Mapping[str, Any] | None = None,
-    ) -> dg.PipesClientCompletedInvocation: ...
+        nproc: int | None = None,
+    ) -> dg.PipesClientCompletedInvocation:
+        """Run `module` with `nproc` ranks (default: nproc_per_node) and wait for it to finish."""
 
 
 class TorchrunLauncher(PipesLauncher):
@@ -399,8 +414,8 @@ class TorchrunLauncher(PipesLauncher):
     env: dict[str, str] = Field(default_factory=dict)
     cwd: str = str(REPO_ROOT)
 
-    def command(self, module: str, args: Sequence[str] = ()) -> list[str]:
-        return [*self.prefix, *self.torchrun_command(module, args, self.python or sys.executable)]
+    def command(self, module: str, args: Sequence[str] = (), nproc: int | None = None) -> list[str]:
+        return [*self.prefix, *self.torchrun_command(module, args, self.python or sys.executable, nproc)]
 
     def client(self) -> dg.PipesSubprocessClient:
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [self.cwd, os.environ.get("PYTHONPATH", "")])), **self.env}
@@ -423,8 +438,9 @@ class TorchrunLauncher(PipesLauncher):
         module: str,
         args: Sequence[str] = (),
         extras: Mapping[str, Any] | None = None,
+        nproc: int | None = None,
     ) -> dg.PipesClientCompletedInvocation:
-        command = self.command(module, args)
+        command = self.command(module, args, nproc)
         context.log.info(f"launching: {' '.join(command)}")
         return self.client().run(context=context, command=command, extras=dict(extras or {}))
 
@@ -467,12 +483,13 @@ class K8sLauncher(PipesLauncher):
         module: str,
         args: Sequence[str] = (),
         extras: Mapping[str, Any] | None = None,
+        nproc: int | None = None,
     ) -> dg.PipesClientCompletedInvocation:
         try:
             from dagster_k8s import PipesK8sClient
         except ImportError as exc:
             raise LauncherError("K8sLauncher needs dagster-k8s: pip install dagster-k8s") from exc
-        command = self.torchrun_command(module, args, python="python")
+        command = self.torchrun_command(module, args, python="python", nproc=nproc)
         return PipesK8sClient().run(
             context=context,
             extras=dict(extras or {}),

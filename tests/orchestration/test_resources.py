@@ -109,7 +109,7 @@ def test_mlflow_run_per_materialisation_is_tagged_with_its_lineage(tmp_path):
             report = tmp_path / "report.json"
             report.write_text("{}")
             run.log_artifact(report, "reports")
-            version = mlflow.register(run, "reports", alias="champion")
+            version = mlflow.register(run.run_id, f"runs:/{run.run_id}/reports", alias="champion")
         return dg.MaterializeResult(metadata={"mlflow_run": dg.MetadataValue.url(run.url), "version": version})
 
     result = dg.materialize([tracked], resources={"mlflow": mlflow_resource}, partition_key="large")

@@ -49,14 +49,24 @@ class SubsetSummary:
     seed: int
 
 
-def write_subset(pool_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], size: int | None, seed: int) -> SubsetSummary:
-    """Write a dataset folder holding `size` clips of the pool dataset folder `pool_dir`.
+def write_subset(
+    pool_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    size: int | None,
+    seed: int,
+    split: str | None = None,
+    video_root: str | os.PathLike[str] | None = None,
+) -> SubsetSummary:
+    """Write a dataset folder holding `size` clips of the pool dataset folder `pool_dir` (of its `split` only, if given).
 
-    Video paths are rewritten relative to the subset folder, so the subset is a dataset folder of
-    its own (and its hash does not depend on where the runs root is).
+    The pool's relative video paths resolve against `video_root` (default: the pool folder). They
+    are rewritten relative to the subset folder, so the subset is a dataset folder of its own (and
+    its hash does not depend on where the runs root is).
     """
     pool_dir, out_dir = Path(pool_dir), Path(out_dir)
-    pool = load_dataset(pool_dir)
+    pool = load_dataset(pool_dir, video_root=video_root)
+    if split is not None:
+        pool = pool.split(split)
     try:
         keys = nested_subset(pool.clips["key"].to_pylist(), seed, size)
     except SubsetError as exc:
@@ -84,10 +94,28 @@ def write_subset(pool_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
             "parent": read_manifest(pool_dir).get("name", pool_dir.name),
             "seed": seed,
             "size": size,
+            "pool_split": split,
             "splits": {split: int(pc.sum(pc.equal(clips["split"], split)).as_py() or 0) for split in sorted(set(clips["split"].to_pylist()))},
         },
     )
     return SubsetSummary(str(out_dir), clips.num_rows, box_rows, pool.clips.num_rows, seed)
+
+
+def rebase_video_paths(dataset_dir: str | os.PathLike[str], video_root: str | os.PathLike[str], home: str | os.PathLike[str] | None = None) -> int:
+    """Rewrite the relative video paths of a dataset folder's clips, which resolve against `video_root`,
+    to resolve against `home` (default: the folder itself), so the folder is a dataset on its own.
+    Returns how many paths changed; absolute paths are kept.
+    """
+    from grove.data.schema import read_clips
+
+    dataset_dir, video_root = Path(dataset_dir), Path(video_root)
+    home = Path(home) if home is not None else dataset_dir
+    clips = read_clips(dataset_dir / CLIPS)
+    old = clips["video_path"].to_pylist()
+    new = [path if Path(path).is_absolute() else _relative_video_path(video_root / path, home) for path in old]
+    clips = clips.set_column(clips.schema.get_field_index("video_path"), "video_path", pa.array(new, pa.string()))
+    write_clips(clips, dataset_dir / CLIPS)
+    return sum(a != b for a, b in zip(old, new))
 
 
 def _relative_video_path(video_file: Path, out_dir: Path) -> str:

@@ -1,0 +1,135 @@
+"""The three-stage automatic annotation (HowToGround1M's data engine), one partition per shard.
+
+Stage 1 captions and grounds every 5 fps frame; stage 2 aggregates a video-level caption with
+tagged noun phrases; stage 3 ties each frame's boxes to those phrases. Each stage's code version is
+its annotator stage version (a hash of backends, models, prompts and parameters, chained through
+the earlier stages), so a changed prompt or model marks that stage and everything after it stale.
+The merge makes the HowToGround1M-format dataset the scaling subsets draw from.
+"""
+
+import dagster as dg
+
+from orchestration.defs.annotation.checks import shard_check_results, shard_check_specs
+from orchestration.defs.annotation.partitions import SHARDS, annotator_config, planned_shards, shard_files, shard_spec
+from orchestration.defs.common import OWNERS, numeric_metadata, table_preview, timed
+from orchestration.defs.raw_videos.assets import CATALOG
+from orchestration.profile import Profile
+from orchestration.resources import DvcResource, PipelinePaths, combine_versions, dvc_md5
+
+GROUP = "annotation"
+STAGE_KEYS = {
+    1: dg.AssetKey("stage1_frame_captions"),
+    2: dg.AssetKey("stage2_video_captions"),
+    3: dg.AssetKey("stage3_grounded_clips"),
+}
+POOL = dg.AssetKey("annotated_pool")
+
+STAGE_DESCRIPTIONS = {
+    1: "Stage 1: frame-level grounded captions (caption, phrases, boxes) for every 5 fps frame of the "
+    "shard's clips, from the configured image grounded-captioner.",
+    2: "Stage 2: one video-level caption per clip with <p>…</p>-tagged noun phrases, aggregated from the "
+    "frames' subject-verb-object triplets; LLM output that stays invalid after one repair falls back "
+    "to consensus (counted).",
+    3: "Stage 3: every frame-level phrase assigned to a video-level phrase or none ('tracking by "
+    "language'): canonical clip and raw box tables of the shard.",
+}
+PREVIEW_COLUMNS = {
+    1: ("frames.parquet", ["key", "frame_index", "caption", "phrases"]),
+    2: ("captions.parquet", ["key", "tagged_caption", "source"]),
+    3: ("clips.parquet", ["key", "tagged_caption", "phrases"]),
+}
+
+
+def stage_code_version(profile: Profile, stage: int) -> str:
+    from annotation.shards import stage_version
+
+    return stage_version(annotator_config(profile), stage)
+
+
+def _stage_asset(profile: Profile, stage: int) -> dg.AssetsDefinition:
+    deps = [CATALOG] if stage == 1 else [STAGE_KEYS[stage - 1]]
+    fallback_limit = float(profile.get("annotation.max_stage2_fallback_rate"))
+
+    @dg.asset(
+        key=STAGE_KEYS[stage],
+        deps=deps,
+        partitions_def=SHARDS,
+        group_name=GROUP,
+        kinds={"python", "parquet"},
+        owners=OWNERS[GROUP],
+        code_version=stage_code_version(profile, stage),
+        automation_condition=dg.AutomationCondition.eager(),
+        description=STAGE_DESCRIPTIONS[stage],
+        check_specs=shard_check_specs(STAGE_KEYS[stage], stage, fallback_limit),
+    )
+    def stage_shard(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:
+        import pyarrow.parquet as pq
+
+        from annotation.shards import run_stage, shard_dir
+
+        shard = shard_spec(profile, paths, context.partition_key)
+        out = paths.path("annotation")
+        metadata: dict = {}
+        with timed(metadata):
+            result = run_stage(stage, shard, out, annotator_config(profile), paths.path("catalog"))
+        folder = shard_dir(out, stage, shard)
+        preview_file, preview_columns = PREVIEW_COLUMNS[stage]
+        metadata |= numeric_metadata(
+            {"clips": result.clips, "failures": result.failures, "reused": result.skipped, "stage_seconds": result.seconds}
+        )
+        metadata["stats"] = dg.MetadataValue.json(result.stats)
+        metadata["keys_hash"] = dg.MetadataValue.text(shard.keys_hash)
+        metadata["path"] = dg.MetadataValue.path(str(folder))
+        metadata["preview"] = table_preview(pq.read_table(folder / preview_file), preview_columns)
+        # The shard's data files only: done.json also holds run statistics, which must not make an
+        # identical shard look new to everything downstream.
+        version = combine_versions([dvc_md5(folder / name) for name in shard_files(stage)])
+        return dg.MaterializeResult(
+            metadata=metadata,
+            data_version=dg.DataVersion(version),
+            check_results=shard_check_results(stage, folder, fallback_limit),
+        )
+
+    return stage_shard
+
+
+def build(profile: Profile) -> list:
+    from annotation.shards import annotator_version
+
+    @dg.asset(
+        key=POOL,
+        deps=[STAGE_KEYS[3]],
+        group_name=GROUP,
+        kinds={"python", "parquet"},
+        owners=OWNERS[GROUP],
+        code_version=annotator_version(annotator_config(profile)),
+        automation_condition=dg.AutomationCondition.eager(),
+        description="The auto-annotated pool in the HowToGround1M format: every shard's stage-3 tables "
+        "merged into one dataset folder (raw and union-merged processed boxes, rejected clips with "
+        "their reasons, the annotator version in its manifest).",
+    )
+    def annotated_pool(context: dg.AssetExecutionContext, paths: PipelinePaths, dvc: DvcResource) -> dg.MaterializeResult:
+        import pyarrow.parquet as pq
+
+        from annotation.shards import REJECTS, merge_shards
+        from grove.data.dataset import load_dataset, read_manifest
+
+        out = paths.path("annotation")
+        shards = list(planned_shards(profile, paths).values())
+        metadata: dict = {}
+        with timed(metadata):
+            merge_shards(out, shards, annotator_config(profile))
+        dataset = load_dataset(out, processed=False)
+        manifest = read_manifest(out)
+        rejects = pq.read_table(out / REJECTS)
+        metadata |= numeric_metadata(
+            {"shards": len(shards), "clips": dataset.clips.num_rows, "boxes_raw": dataset.boxes.num_rows, "rejects": rejects.num_rows}
+        )
+        metadata["annotator_version"] = dg.MetadataValue.text(manifest["creator"]["annotator_version"])
+        metadata["stats"] = dg.MetadataValue.json(manifest.get("stats", {}))
+        metadata["splits"] = dg.MetadataValue.json(manifest.get("splits", {}))
+        metadata["preview"] = table_preview(dataset.clips, ["key", "split", "tagged_caption"])
+        metadata["path"] = dg.MetadataValue.path(str(out))
+        return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(dvc.record("annotate", [out])))
+
+    return [_stage_asset(profile, stage) for stage in (1, 2, 3)] + [annotated_pool]

@@ -1,0 +1,71 @@
+"""Annotation shards as Dagster partitions.
+
+One partition per shard of about `annotation.shard_size` clips, never one per video (the UI slows
+past ~100k partitions). The shard names come from the catalog through annotation.plan_shards, so
+they exist only once the catalog does: the shard sensor (and `grove demo`) adds them, a batch at
+a time (SQLite instance storage fails on very large single additions).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+
+from orchestration.profile import Profile
+from orchestration.resources import PipelinePaths
+
+SHARDS = dg.DynamicPartitionsDefinition(name="annotation_shards")
+
+
+def annotator_config(profile: Profile) -> Any:
+    """The profile's AnnotatorConfig: its hash is the annotator version, the stages' code version."""
+    from annotation.shards import AnnotatorConfig
+
+    return AnnotatorConfig(
+        stage1=profile.get("annotation.stage1"),
+        stage2=profile.get("annotation.stage2"),
+        stage3=profile.get("annotation.stage3"),
+        stage1_options=dict(profile.get("annotation.stage1_options", {}) or {}),
+        stage2_options=dict(profile.get("annotation.stage2_options", {}) or {}),
+        stage3_options=dict(profile.get("annotation.stage3_options", {}) or {}),
+    )
+
+
+def planned_shards(profile: Profile, paths: PipelinePaths) -> dict[str, Any]:
+    """Shard name → ShardSpec, as the current catalog divides its clips; empty before the catalog exists."""
+    from annotation.shards import plan_shards
+
+    catalog = paths.path("catalog")
+    if not (catalog / "clips.parquet").exists():
+        return {}
+    return {shard.name: shard for shard in plan_shards(catalog, int(profile.get("annotation.shard_size")))}
+
+
+def shard_spec(profile: Profile, paths: PipelinePaths, name: str) -> Any:
+    shards = planned_shards(profile, paths)
+    if name not in shards:
+        raise KeyError(
+            f"{paths.path('catalog')}: the catalog has no shard '{name}' "
+            f"(it has {len(shards)}: {', '.join(list(shards)[:3])}{'...' if len(shards) > 3 else ''})"
+        )
+    return shards[name]
+
+
+def missing_shards(instance: dg.DagsterInstance, planned: list[str], limit: int | None = None) -> list[str]:
+    """Planned shard names not yet partitions, in order, at most `limit` of them."""
+    known = set(instance.get_dynamic_partitions(SHARDS.name))
+    new = [name for name in planned if name not in known]
+    return new[:limit] if limit is not None else new
+
+
+def add_shards(instance: dg.DagsterInstance, names: list[str], batch: int = 1000) -> None:
+    for start in range(0, len(names), batch):
+        instance.add_dynamic_partitions(SHARDS.name, names[start : start + batch])
+
+
+def shard_files(stage: int) -> tuple[str, ...]:
+    """The data files a stage writes per shard (its done.json stamp aside)."""
+    from annotation.shards import FAILURES, STAGE_FILES
+
+    return (*STAGE_FILES[stage], FAILURES)

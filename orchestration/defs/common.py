@@ -1,0 +1,112 @@
+"""What every domain's assets share: code versions, data versions from DVC hashes, metadata helpers."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import dagster as dg
+import pyarrow as pa
+
+from orchestration.profile import Profile
+
+# The team that owns each group's data on disk (Dagster `owners`).
+OWNERS = {
+    "raw_videos": ["team:grove-data"],
+    "annotation": ["team:grove-annotation"],
+    "benchmarks": ["team:grove-data"],
+    "scaling": ["team:grove-training"],
+    "models": ["team:grove-training"],
+    "evaluation": ["team:grove-evaluation"],
+}
+
+# Partitions of the fine-tuned models and their evaluation: one per pre-training size, plus the
+# model fine-tuned without pre-training (the "FT-only" row of the paper's tables).
+FT_ONLY = "ft_only"
+
+
+def code_version(profile: Profile, body_version: str, *param_keys: str) -> str:
+    """`body_version` (bumped by hand when an asset body changes) + a hash of the params it reads.
+
+    A changed parameter then marks the asset, and everything downstream of it, stale.
+    """
+    return f"{body_version}+{profile.fingerprint(*param_keys)}" if param_keys else body_version
+
+
+def data_version(hash_value: str) -> dg.DataVersion:
+    return dg.DataVersion(hash_value)
+
+
+def storage_metadata(path: Path) -> dict[str, Any]:
+    """Definition metadata naming where the asset's data lives."""
+    return {"storage": dg.MetadataValue.path(str(path))}
+
+
+def table_preview(table: pa.Table, columns: Sequence[str], rows: int = 5) -> dg.MetadataValue:
+    """A few rows as a Markdown table, for the Dagster UI."""
+    head = table.select([c for c in columns if c in table.column_names]).slice(0, rows).to_pylist()
+    if not head:
+        return dg.MetadataValue.md("*(empty)*")
+    names = list(head[0])
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    for row in head:
+        lines.append("| " + " | ".join(_cell(row[name]) for name in names) + " |")
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def _cell(value: Any) -> str:
+    text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+@contextmanager
+def timed(into: dict[str, Any], name: str = "seconds") -> Iterator[None]:
+    """Adds the block's wall time (s) to the metadata dict `into`."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        into[name] = dg.MetadataValue.float(round(time.perf_counter() - start, 3))
+
+
+def numeric_metadata(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Numbers as Dagster float/int metadata (plotted over time in the UI); other values as text."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, bool) or value is None:
+            out[key] = dg.MetadataValue.text(str(value))
+        elif isinstance(value, int):
+            out[key] = dg.MetadataValue.int(value)
+        elif isinstance(value, float):
+            out[key] = dg.MetadataValue.float(value)
+        else:
+            out[key] = dg.MetadataValue.text(str(value))
+    return out
+
+
+def log_progress(context: dg.AssetExecutionContext, what: str, every: int) -> Callable[[int, int], None]:
+    """A library progress callback that logs every `every` items (and the last) to the Dagster run."""
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % every == 0:
+            context.log.info(f"{what}: {done}/{total}")
+
+    return progress
+
+
+def upstream_data_version(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None = None) -> str:
+    """The data version (a DVC hash here) of an upstream asset's latest materialisation, '' if none."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1
+    ).records
+    if not records:
+        return ""
+    return records[0].event_log_entry.tags.get("dagster/data_version", "")
+
+
+def input_versions(context: dg.AssetExecutionContext, inputs: Mapping[str, tuple[dg.AssetKey, str | None]]) -> dict[str, str]:
+    """MLflow tags `dvc.input.<name>`: the data versions of the inputs a run was made from."""
+    return {f"dvc.input.{name}": upstream_data_version(context.instance, key, partition) for name, (key, partition) in inputs.items()}

@@ -1,0 +1,131 @@
+"""Checkpoints: pre-trained per subset size, fine-tuned on iGround from each (and from scratch: FT-only).
+
+Training runs as a subprocess launched through Dagster Pipes (`torchrun` with the profile's
+processes per node; on a cluster the launcher resource is swapped for Slurm or Kubernetes). Every
+materialisation is one MLflow run: the training config as params, the loss curves the Pipes
+process reports, the run's small files as artifacts, and the DVC hashes of its data as tags.
+"""
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import dagster as dg
+
+from orchestration.defs.benchmarks.assets import IGROUND
+from orchestration.defs.common import FT_ONLY, OWNERS, code_version, input_versions
+from orchestration.defs.models.partitions import pretrained_of_variant, variant_partitions
+from orchestration.defs.scaling.assets import SUBSET
+from orchestration.defs.scaling.partitions import size_partitions
+from orchestration.profile import Profile
+from orchestration.resources import DvcResource, MlflowResource, PipelinePaths, PipesLauncher
+
+GROUP = "models"
+PRETRAINED = dg.AssetKey("pretrained_model")
+FINETUNED = dg.AssetKey("finetuned_model")
+TRAINING_FILES = ("train_config.json", "result.json", "metrics.jsonl")
+
+
+def train_config(profile: Profile, phase: str, **fields: Any) -> dict[str, Any]:
+    """A grove.train.TrainConfig as a dict: the profile's model and `model.<phase>` settings, then `fields`."""
+    return {"model": profile.get("model.config"), "seed": profile.seed, **dict(profile.get(f"model.{phase}")), **fields}
+
+
+def train_through_pipes(
+    context: dg.AssetExecutionContext,
+    *,
+    launcher: PipesLauncher,
+    mlflow: MlflowResource,
+    dvc: DvcResource,
+    config: Mapping[str, Any],
+    inputs: Mapping[str, tuple[dg.AssetKey, str | None]],
+    dvc_stage: str,
+) -> dg.MaterializeResult:
+    """Train in a Pipes subprocess inside one MLflow run; the DVC hash of the output is the data version."""
+    out = Path(config["out_dir"])
+    input_hashes = input_versions(context, inputs)
+    with mlflow.start_run(context, params=config, tags=input_hashes) as run:
+        invocation = launcher.run(context, module="orchestration.pipes_train", extras={"train_config": dict(config)})
+        run.log_history((message["step"], message["metrics"]) for message in invocation.get_custom_messages())
+        reported = invocation.get_materialize_result()
+        for name in TRAINING_FILES:
+            if (out / name).exists():
+                run.log_artifact(out / name, "training")
+        version = dvc.record(dvc_stage, [out])
+        checkpoint = reported.metadata["checkpoint"].value
+        run.set_tags({"dvc.output": version, "checkpoint": checkpoint})
+        finals = {name: reported.metadata[name].value for name in ("final_train_loss", "best_val_loss") if name in reported.metadata}
+        run.log_metrics(finals, step=int(reported.metadata["steps"].value))
+    metadata = {
+        **reported.metadata,
+        "mlflow_run": dg.MetadataValue.url(run.url),
+        "path": dg.MetadataValue.path(str(out)),
+        **{key: dg.MetadataValue.text(value) for key, value in input_hashes.items()},
+    }
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(version))
+
+
+def build(profile: Profile) -> list:
+    pool_split = profile.get("scaling.pool_split", None)
+
+    @dg.asset(
+        key=PRETRAINED,
+        deps=[SUBSET],
+        partitions_def=size_partitions(profile),
+        group_name=GROUP,
+        kinds={"pytorch", "mlflow"},
+        owners=OWNERS[GROUP],
+        pool="gpu",
+        code_version=code_version(profile, "1", "seed", "model.config", "model.pretrain", "model.nproc_per_node"),
+        automation_condition=dg.AutomationCondition.eager(),
+        description="GROVE pre-trained on one pre-training subset (the HowToGround1M stand-in), in a "
+        "torchrun subprocess through Dagster Pipes; safetensors checkpoints, the best by validation loss.",
+    )
+    def pretrained_model(
+        context: dg.AssetExecutionContext, paths: PipelinePaths, launcher: PipesLauncher, mlflow: MlflowResource, dvc: DvcResource
+    ) -> dg.MaterializeResult:
+        size = context.partition_key
+        subset = paths.path("subsets", size)
+        config = train_config(
+            profile, "pretrain", train_data=str(subset), out_dir=str(paths.path("pretrained", size)), train_split=pool_split or "all"
+        )
+        return train_through_pipes(
+            context, launcher=launcher, mlflow=mlflow, dvc=dvc, config=config, inputs={"subset": (SUBSET, size)}, dvc_stage=f"pretrain@{size}"
+        )
+
+    @dg.asset(
+        key=FINETUNED,
+        deps=[dg.AssetDep(PRETRAINED, partition_mapping=pretrained_of_variant(profile)), IGROUND],
+        partitions_def=variant_partitions(profile),
+        group_name=GROUP,
+        kinds={"pytorch", "mlflow"},
+        owners=OWNERS[GROUP],
+        pool="gpu",
+        code_version=code_version(profile, "1", "seed", "model.config", "model.finetune", "model.nproc_per_node"),
+        automation_condition=dg.AutomationCondition.eager(),
+        description="GROVE fine-tuned on iGround's train split (validated on val), starting from the "
+        f"pre-trained model of the partition's size; partition '{FT_ONLY}' starts from scratch.",
+    )
+    def finetuned_model(
+        context: dg.AssetExecutionContext, paths: PipelinePaths, launcher: PipesLauncher, mlflow: MlflowResource, dvc: DvcResource
+    ) -> dg.MaterializeResult:
+        variant = context.partition_key
+        benchmark = paths.path("iground")
+        inputs = {"iground": (IGROUND, None)}
+        init = None
+        if variant != FT_ONLY:
+            init = paths.path("pretrained", variant)
+            inputs["pretrained"] = (PRETRAINED, variant)
+        config = train_config(
+            profile,
+            "finetune",
+            train_data=str(benchmark),
+            out_dir=str(paths.path("finetuned", variant)),
+            train_split="train",
+            val_split="val",
+            init=str(init) if init else None,
+        )
+        return train_through_pipes(
+            context, launcher=launcher, mlflow=mlflow, dvc=dvc, config=config, inputs=inputs, dvc_stage=f"finetune@{variant}"
+        )
+
+    return [pretrained_model, finetuned_model]

@@ -1,0 +1,48 @@
+"""Nested, seeded subsets of the auto-annotated pool, one partition per pre-training size."""
+
+import dagster as dg
+
+from orchestration.defs.annotation.assets import POOL
+from orchestration.defs.raw_videos.assets import pool_videos_root
+from orchestration.defs.common import OWNERS, code_version, numeric_metadata, timed
+from orchestration.defs.scaling.partitions import size_partitions
+from orchestration.defs.scaling.subsets import write_subset
+from orchestration.profile import Profile
+from orchestration.resources import DvcResource, PipelinePaths
+
+GROUP = "scaling"
+SUBSET = dg.AssetKey("pretraining_subset")
+
+
+def build(profile: Profile) -> list:
+    @dg.asset(
+        key=SUBSET,
+        deps=[POOL],
+        partitions_def=size_partitions(profile),
+        group_name=GROUP,
+        kinds={"python", "parquet"},
+        owners=OWNERS[GROUP],
+        code_version=code_version(profile, "1", "seed", "scaling"),
+        automation_condition=dg.AutomationCondition.eager(),
+        description="The first N clips of the pool in a seeded hash order: nested across sizes "
+        "(small ⊂ medium ⊂ full), identical on any machine for the same seed and pool.",
+    )
+    def pretraining_subset(context: dg.AssetExecutionContext, paths: PipelinePaths, dvc: DvcResource) -> dg.MaterializeResult:
+        size = context.partition_key
+        out = paths.path("subsets", size)
+        metadata: dict = {}
+        with timed(metadata):
+            summary = write_subset(
+                paths.path("annotation"),
+                out,
+                profile.size_clips(size),
+                profile.seed,
+                split=profile.get("scaling.pool_split", None),
+                # The annotated pool's video paths are those of the catalog: relative to its videos root.
+                video_root=pool_videos_root(profile, paths),
+            )
+        metadata |= numeric_metadata({"clips": summary.clips, "boxes": summary.boxes, "pool_clips": summary.pool_clips, "seed": summary.seed})
+        metadata["path"] = dg.MetadataValue.path(str(out))
+        return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(dvc.record(f"subset@{size}", [out])))
+
+    return [pretraining_subset]

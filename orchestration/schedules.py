@@ -1,0 +1,54 @@
+"""The re-annotation schedule (weekly in both profiles): every shard whose stage-3 output was made by
+another annotator version than the current one (a changed prompt, model or parameter) is annotated
+again. Shards already current are skipped here, and the shard runner would skip them anyway.
+"""
+
+import dagster as dg
+
+from orchestration.defs.annotation.assets import STAGE_KEYS, stage_code_version
+from orchestration.defs.annotation.partitions import SHARDS
+from orchestration.profile import Profile
+
+CODE_VERSION_TAG = "dagster/code_version"
+
+
+def shard_code_versions(instance: dg.DagsterInstance, names: list[str]) -> dict[str, str]:
+    """Shard → the code version of its latest stage-3 materialisation."""
+    versions: dict[str, str] = {}
+    for start in range(0, len(names), 500):
+        batch = names[start : start + 500]
+        result = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=STAGE_KEYS[3], asset_partitions=batch), limit=len(batch) * 50
+        )
+        for record in result.records:  # newest first
+            partition = record.partition_key
+            if partition is not None and partition not in versions:
+                versions[partition] = record.event_log_entry.tags.get(CODE_VERSION_TAG, "")
+    return versions
+
+
+def build(profile: Profile) -> list:
+    current = stage_code_version(profile, 3)
+    stages = [STAGE_KEYS[stage] for stage in (1, 2, 3)]
+
+    @dg.schedule(
+        name="reannotation_schedule",
+        cron_schedule=str(profile.get("annotation.reannotate_cron")),
+        target=stages,
+        description="Re-annotates every shard made by an older annotator version (current: "
+        f"stage-3 version {current}).",
+    )
+    def reannotation_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
+        names = list(context.instance.get_dynamic_partitions(SHARDS.name))
+        versions = shard_code_versions(context.instance, names)
+        outdated = [name for name in names if versions.get(name) != current]
+        if not outdated:
+            return dg.SkipReason(f"all {len(names)} shards are annotated with the current version {current}")
+        stamp = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else "manual"
+        return [
+            dg.RunRequest(run_key=f"{name}:{current}:{stamp}", partition_key=name, asset_selection=stages,
+                          tags={"grove/annotator_version": current})
+            for name in outdated
+        ]
+
+    return [reannotation_schedule]
