@@ -309,15 +309,21 @@ def greedy_recall_tp(
     return tp
 
 
+def _embed_in_chunks(embed: EmbedFn, phrases: list[str], progress: Progress | None, chunk: int = 2048) -> np.ndarray:
+    """Embed in chunks so that a long embedding pass reports progress."""
+    parts = []
+    for start in range(0, len(phrases), chunk):
+        parts.append(np.asarray(embed(phrases[start:start + chunk])))
+        if progress:
+            progress("embed phrases", min(start + chunk, len(phrases)), len(phrases))
+    return np.concatenate(parts)
+
+
 def recall_per_clip(clips: Sequence[_Scored], embed: EmbedFn, protocol: IGroundProtocol,
                     progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(recall per clip, GT box count per clip). Each distinct phrase is embedded once."""
     phrases = sorted({p for c in clips for p in c.gt_labels} | {p for c in clips for p in c.dt_labels})
-    if progress:
-        progress("embed phrases", 0, len(phrases))
-    unit = unit_rows(embed(phrases)) if phrases else np.zeros((0, 1))
-    if progress:
-        progress("embed phrases", len(phrases), len(phrases))
+    unit = unit_rows(_embed_in_chunks(embed, phrases, progress)) if phrases else np.zeros((0, 1))
     index = {p: i for i, p in enumerate(phrases)}
 
     def boxes(xywh: np.ndarray) -> np.ndarray:
@@ -339,6 +345,30 @@ def recall_per_clip(clips: Sequence[_Scored], embed: EmbedFn, protocol: IGroundP
     return recall, positives
 
 
+def _align(gt: Mapping[str, IGroundClip], predictions: Mapping[str, ClipPrediction], protocol: IGroundProtocol,
+           found: list[Problem], progress: Progress | None) -> list[_Scored]:
+    """The clips to score, prepared; appends a problem for every clip left out or scored with a warning."""
+    invalid = {p.item for p in found if p.severity == "error"}
+    zero = protocol.missing_predictions == "zero"
+    scored: list[_Scored] = []
+    for done, (key, clip) in enumerate(gt.items(), 1):
+        pred = predictions.get(key)
+        if pred is None and key in invalid:
+            continue  # already reported when the prediction file was read
+        if pred is None:
+            found.append(Problem(key, "missing_prediction", "no prediction for this clip; " + (
+                "scored as empty" if zero else "left out, as the official evaluator does"), "warning" if zero else "error"))
+            if not zero:
+                continue
+        try:
+            scored.append(_prepare(clip, pred, protocol, found))
+        except PredictionError as exc:
+            found.append(Problem(key, "invalid_prediction", exc.problem))
+        if progress and done % 500 == 0:
+            progress("prepare", done, len(gt))
+    return scored
+
+
 def evaluate_iground(
     gt: Mapping[str, IGroundClip],
     predictions: Mapping[str, ClipPrediction],
@@ -354,25 +384,9 @@ def evaluate_iground(
     """Score predictions against GT clips. `embed` maps phrases to vectors (None skips Recall);
     `problems` carries what was found while reading the predictions (they count as bad clips)."""
     found = list(problems)
-    bad = {p.item for p in found if p.severity == "error"}
-    for key in predictions:
-        if key not in gt:
-            found.append(Problem(key, "unknown_clip", "prediction for a clip that is not in the ground truth"))
-    scored: list[_Scored] = []
-    for done, (key, clip) in enumerate(gt.items()):
-        pred = predictions.get(key)
-        if pred is None and key not in bad:
-            found.append(Problem(key, "missing_prediction", "no prediction for this clip" + (
-                "; scored as empty" if protocol.missing_predictions == "zero" else "; left out, as the official evaluator does"),
-                "warning" if protocol.missing_predictions == "zero" else "error"))
-        if pred is None and (key in bad or protocol.missing_predictions == "skip"):
-            continue
-        try:
-            scored.append(_prepare(clip, pred, protocol, found))
-        except PredictionError as exc:
-            found.append(Problem(key, "invalid_prediction", exc.problem))
-        if progress and (done + 1) % 500 == 0:
-            progress("prepare", done + 1, len(gt))
+    found += [Problem(key, "unknown_clip", "prediction for a clip that is not in the ground truth")
+              for key in predictions if key not in gt]
+    scored = _align(gt, predictions, protocol, found, progress)
 
     metrics: dict[str, float] = {}
     per_item: dict[str, dict[str, float]] = {c.key: {} for c in scored}
@@ -388,7 +402,7 @@ def evaluate_iground(
         metrics["Recall"] = mean(recall[keep])
         for c, value in zip(scored, recall):
             per_item[c.key]["Recall"] = float(value)
-    unavailable: dict[str, str] = {}
+    unavailable: dict[str, str] = {} if embed is not None else {"Recall": "not computed (no phrase embedder)"}
     caption_info: dict[str, Any] = {}
     if captions and scored:
         caption_scores = score_captions({c.key: [c.caption] for c in scored}, {c.key: c.pred_text for c in scored},
@@ -400,7 +414,9 @@ def evaluate_iground(
         caption_info = {"tokenizer": caption_scores.tokenizer}
     elif not captions:
         unavailable["captions"] = "not computed (captions=False)"
+    with_probs = sum(1 for c in scored if c.key in predictions and predictions[c.key].probs_temp_objectness is not None)
     record = {**protocol.to_dict(), "ap": "COCOeval per video, class-agnostic, IoU 0.5, 101 recall points, maxDets 100",
+              "clips_thresholded": with_probs,  # the others have no probs_temp_objectness: pred_labels used as given
               "embedding_model": embedding_model if embed is not None else "none (Recall not computed)",
               **caption_info}
     return EvalReport("iground", split, metrics, record, num_items=len(gt), num_scored=len(scored),

@@ -20,9 +20,19 @@ NOUNS = ["man", "woman", "knife", "onion", "board", "pan", "bowl", "hand", "hand
 ADJECTIVES = ["a", "the", "a red", "the wooden", "a small", "a large", "the white", "some"]
 
 
+RELATIONS = ["", "", " on the", " with the", " next to the", " in the", " of the"]
+
+
 def phrase_vocabulary(rng: np.random.Generator, size: int) -> list[str]:
-    phrases = sorted({f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}" for _ in range(size * 3)})
-    return phrases[:size]
+    """Up to ~8,000 distinct noun phrases ("a red knife", "the bowl next to the sink")."""
+    phrases: set[str] = set()
+    for _ in range(size * 20):
+        relation = str(rng.choice(RELATIONS))
+        tail = f"{relation} {rng.choice(NOUNS)}" if relation else ""
+        phrases.add(f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}{tail}")
+        if len(phrases) >= size:
+            break
+    return sorted(phrases)
 
 
 def make_split(num_clips: int = 20, frames: int = 40, boxes_per_frame: int = 3, seed: int = 0,

@@ -74,3 +74,14 @@ def test_frame_sampling_and_interval_rules(annotation):
     assert len(frames) == 200 and frames[:3] == [0, 12, 30]  # 500 sampled frames, ids[j * 500 // 200]
     assert temporal_iou_frames((0, 10), (10, 20)) == 0.0  # half-open: touching intervals do not overlap
     assert temporal_iou_frames((0, 10), (5, 15)) == pytest.approx(5 / 15)
+
+
+def test_missing_sted_and_ground_truth_gaps(annotation):
+    annotation["3"].boxes.pop(5)  # the GT trajectory lacks a frame the protocol evaluates
+    predictions = {"2": {"frame_ids": [10, 15, 20, 25], "boxes": [GT] * 4}, "3": PREDICTIONS["3"]}
+    report = evaluate_vidstg(annotation, predictions, "tubedetr")
+    kinds = {(p.item, p.kind, p.severity) for p in report.problems}
+    assert ("2", "missing_sted", "warning") in kinds and ("3", "ground_truth_gap", "error") in kinds
+    assert report.per_item["2"] == {"gt_vIoU": 1.0, "gt_vIoU@0.3": 1.0, "gt_vIoU@0.5": 1.0}
+    assert "interrogative_gt_vIoU" in report.metrics and "declarative_m_vIoU" not in report.metrics
+    assert report.summary_lines()[0] == "vidstg (test): 1 of 5 items scored"
