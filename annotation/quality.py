@@ -103,13 +103,28 @@ class Scorer:
         self.embedder = load_phrase_embedder(embedding_model)
         self.captions = captions
         self.split = split or "all"
+        self._meteor: Any = None  # one METEOR JVM for every scoring
+
+    def close(self) -> None:
+        if self._meteor is not None:
+            self._meteor.close()
+            self._meteor = None
+
+    def __enter__(self) -> "Scorer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def score(self, predictions: dict[str, ClipPrediction], variant: dict[str, Any]) -> dict[str, Any]:
+        from evaluation.captions import MeteorScorer
         from evaluation.iground import evaluate_iground
 
         predictions = {k: v for k, v in predictions.items() if k in self.gt}
+        if self.captions and self._meteor is None:
+            self._meteor = MeteorScorer()
         report = evaluate_iground(self.gt, predictions, self.embedder, quality_protocol(), self.embedder.name,
-                                  captions=self.captions, split=self.split)
+                                  captions=self.captions, meteor=self._meteor, split=self.split)
         row = dict(variant)
         for name in METRICS:
             value = report.metrics.get(name)
@@ -123,11 +138,16 @@ class Scorer:
 def score_annotation(auto_dir: str | Path, gt_dir: str | Path, split: str | None = None,
                      scorer: Scorer | None = None, naive: bool = True) -> dict[str, Any]:
     """METEOR, CIDEr, AP50, Recall (x100) of an annotated dataset folder; with `naive`, the baseline too."""
+    owned = scorer is None
     scorer = scorer or Scorer(gt_dir, split)
-    auto = load_dataset(auto_dir, processed=False)
-    row = scorer.score(predictions_from_tables(auto.clips, auto.boxes), {"variant": "stage 3 output"})
-    if naive and (Path(auto_dir) / "shards" / "stage1").exists():
-        row["naive"] = scorer.score(naive_predictions(auto_dir, scorer.gt_clips), {"variant": "stage-1 naive"})
+    try:
+        auto = load_dataset(auto_dir, processed=False)
+        row = scorer.score(predictions_from_tables(auto.clips, auto.boxes), {"variant": "stage 3 output"})
+        if naive and (Path(auto_dir) / "shards" / "stage1").exists():
+            row["naive"] = scorer.score(naive_predictions(auto_dir, scorer.gt_clips), {"variant": "stage-1 naive"})
+    finally:
+        if owned:
+            scorer.close()
     return row
 
 
@@ -158,7 +178,17 @@ def run_ablation(
     """One row per (noise, stage-2 engine, stage-3 engine, fill_gaps), plus a stage-1 naive row per noise."""
     out = Path(out_dir)
     load_catalog(catalog_dir)  # a bad catalog fails here, before any work
-    scorer = Scorer(gt_dir, split, captions=captions)
+    with Scorer(gt_dir, split, captions=captions) as scorer:
+        rows = _ablation_rows(catalog_dir, scorer, out, noise_levels, stage2_engines, stage3_engines, fill_gaps,
+                              stage2_options, stage3_options, shard_size)
+    atomic_write_json(out / "ablation.json", rows)
+    return rows
+
+
+def _ablation_rows(catalog_dir: str | Path, scorer: Scorer, out: Path, noise_levels: Sequence[str],
+                   stage2_engines: Sequence[str], stage3_engines: Sequence[str], fill_gaps: Sequence[int],
+                   stage2_options: dict[str, Any] | None, stage3_options: dict[str, Any] | None,
+                   shard_size: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for noise in noise_levels:
         previous: Path | None = None
@@ -182,7 +212,6 @@ def run_ablation(
                     rows.append(scorer.score(predictions_from_tables(*_tables(target)), variant))
                     logger.info("ablation %s", rows[-1])
                     previous = target
-    atomic_write_json(out / "ablation.json", rows)
     return rows
 
 

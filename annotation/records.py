@@ -58,6 +58,11 @@ class ClipRequest:
     height: int
     frame_indices: tuple[int, ...]  # positions on the 5 fps grid
     frame_ids: tuple[int, ...]  # native frame numbers, aligned with frame_indices
+    source_key: str = ""  # the catalog clip this one was cut from (long videos); "" when it is that clip
+
+    @property
+    def record_key(self) -> str:
+        return self.source_key or self.key
 
 
 @dataclass

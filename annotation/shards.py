@@ -131,9 +131,13 @@ class Catalog:
 
 def _split_long_clips(clips: pa.Table, clip_seconds: float) -> pa.Table:
     """Videos longer than `clip_seconds` become consecutive clips `{video_id}_{i}` of that length."""
+    from grove.data.frames import frame_step
+
     rows = []
     for row in clips.to_pylist():
-        length = max(1, int(round(clip_seconds * row["fps"])))
+        # whole steps of the 5 fps grid, so every clip's grid lies on its video's grid
+        step = frame_step(row["fps"])
+        length = max(step, int(round(clip_seconds * row["fps"] / step)) * step)
         span = row["clip_end_frame"] - row["clip_start_frame"] + 1
         if span <= length * 1.5:
             rows.append(row)

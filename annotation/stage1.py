@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import logging
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -220,36 +221,38 @@ class SimulatedCaptioner:
         return self._vocabulary
 
     def _records(self, keys: Sequence[str]) -> dict[str, dict[int, list[dict[str, Any]]]]:
+        """The frame records of these clips, by clip key and native frame id."""
         table = pq.read_table(self.frame_objects, filters=[("key", "in", list(keys))]) if keys else None
         by_clip: dict[str, dict[int, list[dict[str, Any]]]] = {}
         if table is None:
             return by_clip
         table = table.sort_by([("key", "ascending"), ("frame_index", "ascending"), ("object_id", "ascending")])
         for row in table.to_pylist():
-            by_clip.setdefault(row["key"], {}).setdefault(row["frame_index"], []).append(row)
+            by_clip.setdefault(row["key"], {}).setdefault(row["frame_id"], []).append(row)
         return by_clip
 
     def caption_clips(self, clips: Sequence[ClipRequest]) -> list[ClipFrames | ClipFailure]:
-        records = self._records([c.key for c in clips])
+        records = self._records(sorted({c.record_key for c in clips}))
         results: list[ClipFrames | ClipFailure] = []
         for clip in clips:
             error = video_read_error(clip.video_file) if self.check_video else None
             if error is not None:
                 results.append(ClipFailure(clip.key, error))
-            elif clip.key not in records:
+            elif clip.record_key not in records:
                 results.append(ClipFailure(clip.key, f"no frame records for this clip in {self.frame_objects}"))
             else:
-                results.append(self._caption_clip(clip, records[clip.key]))
+                results.append(self._caption_clip(clip, records[clip.record_key]))
         return results
 
     def _caption_clip(self, clip: ClipRequest, frames: dict[int, list[dict[str, Any]]]) -> ClipFrames:
+        """`frames`: the source clip's records by native frame id (a long video's clip reads its parent's)."""
         rng = _clip_rng(self.seed, clip.key)
         # each object has a preferred name for the whole clip; frames drift away from it now and then
         preferred: dict[int, str] = {}
         out = []
         for frame_index, frame_id in zip(clip.frame_indices, clip.frame_ids):
             seen = []
-            for obj in frames.get(frame_index, []):
+            for obj in frames.get(frame_id, []):
                 if obj["visible_fraction"] < self.noise.min_visible or rng.random() < self.noise.miss_rate:
                     continue
                 name = preferred.setdefault(obj["object_id"], obj["kind"])
@@ -338,6 +341,7 @@ def clip_requests(clips: pa.Table, video_root: Path, frame_stride: int = 1) -> l
         ids = annotated_frame_ids(row["fps"], row["clip_start_frame"], row["clip_end_frame"], row["num_frames"] or None)
         indices = list(range(len(ids)))[:: max(1, frame_stride)]
         path = Path(row["video_path"])
+        parent = json.loads(row["extra"] or "{}").get("parent_clip_id")
         requests.append(
             ClipRequest(
                 key=row["key"],
@@ -347,6 +351,7 @@ def clip_requests(clips: pa.Table, video_root: Path, frame_stride: int = 1) -> l
                 height=row["height"],
                 frame_indices=tuple(indices),
                 frame_ids=tuple(ids[i] for i in indices),
+                source_key=f"{row['video_id']}_{parent}" if parent is not None else "",
             )
         )
     return requests

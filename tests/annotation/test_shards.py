@@ -152,8 +152,9 @@ def test_bad_catalogs_are_named(tmp_path):
 
 
 def test_long_videos_are_split_into_clips(synthetic, tmp_path):
-    catalog = load_catalog(synthetic.catalog, clip_seconds=0.5)
+    catalog = load_catalog(synthetic.catalog, clip_seconds=0.6)  # 6 native frames: three grid steps
     keys = catalog.clips["key"].to_pylist()
-    assert len(keys) == 4 * 12 and "vid0000_3" in keys
-    first = catalog.clips.slice(0, 4).to_pylist()
-    assert [(c["clip_start_frame"], c["clip_end_frame"]) for c in first] == [(0, 4), (5, 9), (10, 14), (15, 19)]
+    assert len(keys) == 3 * 12 and "vid0000_2" in keys
+    first = catalog.clips.slice(0, 3).to_pylist()
+    assert [(c["clip_start_frame"], c["clip_end_frame"]) for c in first] == [(0, 5), (6, 11), (12, 17)]
+    assert json.loads(first[1]["extra"])["parent_clip_id"] == "0"  # (the 2-frame tail is dropped)
