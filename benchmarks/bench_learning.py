@@ -1,0 +1,123 @@
+"""Does the tiny model learn? Untrained vs fine-tuned alone vs pre-trained + fine-tuned, on the synthetic test split.
+
+    .venv/bin/python benchmarks/bench_learning.py [--data DATASET] [--out runs/bench_learning]
+        [--pt-steps 360] [--ft-steps 240] [--lr 1e-3] [--batch 1] [--nproc 1]
+
+Without --data, renders the demo synthetic dataset (params.yaml `demo.synthetic`: pool 240, train 48,
+val 16, test 24) into OUT/synthetic (reused when already there). Then, with `grove.train.train`:
+- untrained: the random initialisation (0 steps);
+- PT: pre-training on the pool split (ground-truth boxes of the pool);
+- FT only: fine-tuning on the train split from the random initialisation;
+- PT+FT: fine-tuning on the train split from PT.
+Each is scored on the test split by the official inference protocol (grove.infer) and the iGround
+metrics of evaluation/ (CIDEr and METEOR through pycocoevalcap, per-video AP50 as COCOeval).
+The table gives the metrics (x100, as the paper reports them) and the CPU seconds of each training;
+the ratios compare PT+FT with the untrained model and with FT only (goal: both > 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from evaluation.iground import evaluate_iground, load_iground_gt  # noqa: E402
+from grove.data.predictions import write_predictions  # noqa: E402
+from grove.data.synthetic import config_from_params, generate_dataset  # noqa: E402
+from grove.infer import predict_dataset  # noqa: E402
+from grove.train import TrainConfig, train  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+METRICS = ("CIDEr", "METEOR", "AP50")
+
+
+def train_run(args: argparse.Namespace, data: Path, name: str, split: str, steps: int, init: str | None = None) -> tuple[str, float]:
+    """Train one model (in this process, or as torchrun ranks with --nproc) and return (checkpoint, CPU s)."""
+    out = args.out / name
+    config = TrainConfig(
+        train_data=str(data), out_dir=str(out), train_split=split, max_steps=steps, batch_size=args.batch,
+        lr=args.lr, warmup_steps=min(args.warmup, steps), log_every=50, num_workers=1, seed=args.seed,
+        init=init, eval_every=max(steps, 1), resume=False,
+    )
+    started = time.process_time()
+    if args.nproc > 1 and steps > 0:
+        command = [sys.executable, "-m", "grove.cli", "train", "--train", str(data), "--out", str(out),
+                   "--train-split", split, "--max-steps", str(steps), "--batch-size", str(args.batch), "--lr", str(args.lr),
+                   "--warmup-steps", str(config.warmup_steps), "--log-every", "50", "--workers", "1",
+                   "--seed", str(args.seed), "--eval-every", str(steps), "--no-resume", "--nproc", str(args.nproc)]
+        if init is not None:
+            command += ["--init", init]
+        children_before = _children_cpu()
+        subprocess.run(command, cwd=REPO, check=True)
+        cpu = _children_cpu() - children_before
+        result = json.loads((out / "result.json").read_text())
+        return result["last_checkpoint"], cpu
+    result = train(config)
+    return result.last_checkpoint, time.process_time() - started
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def score(checkpoint: str, data: Path, gt, out: Path) -> dict[str, float]:
+    predictions = predict_dataset(checkpoint, data, "test")
+    write_predictions(out, predictions)
+    report = evaluate_iground(gt, predictions, embed=None, split="test")
+    return {name: 100 * report.metrics[name] for name in METRICS}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path)
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_learning")
+    parser.add_argument("--pt-steps", type=int, default=360)
+    parser.add_argument("--ft-steps", type=int, default=240)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--nproc", type=int, default=1)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("grove.model.grove").setLevel(logging.ERROR)  # malformed answers of the untrained model
+
+    data = args.data or args.out / "synthetic"
+    if args.data is None:
+        generate_dataset(data, config_from_params(REPO / "params.yaml", "demo"))
+    gt = load_iground_gt(data, "test")
+
+    rows: dict[str, dict[str, float]] = {}
+    untrained, _ = train_run(args, data, "untrained", "train", 0)
+    rows["untrained"] = {**score(untrained, data, gt, args.out / "untrained_test.json"), "train CPU s": 0.0}
+    pt, pt_cpu = train_run(args, data, "pt", "pool", args.pt_steps)
+    rows["PT"] = {**score(pt, data, gt, args.out / "pt_test.json"), "train CPU s": pt_cpu}
+    ft, ft_cpu = train_run(args, data, "ft", "train", args.ft_steps)
+    rows["FT only"] = {**score(ft, data, gt, args.out / "ft_test.json"), "train CPU s": ft_cpu}
+    ptft, ptft_cpu = train_run(args, data, "ptft", "train", args.ft_steps, init=pt)
+    rows["PT+FT"] = {**score(ptft, data, gt, args.out / "ptft_test.json"), "train CPU s": pt_cpu + ptft_cpu}
+
+    columns = [*METRICS, "train CPU s"]
+    print(f"\nsynthetic test split ({len(gt)} clips), tiny model, PT {args.pt_steps} steps, FT {args.ft_steps} steps, "
+          f"batch {args.batch}, lr {args.lr}")
+    print(f"{'model':<10}" + "".join(f"{c:>13}" for c in columns))
+    for name, row in rows.items():
+        print(f"{name:<10}" + "".join(f"{row[c]:>13.2f}" for c in columns))
+    for metric in ("CIDEr", "AP50"):
+        best = rows["PT+FT"][metric]
+        print(f"{metric}: PT+FT / untrained = {best / max(rows['untrained'][metric], 1e-9):.1f}, "
+              f"PT+FT / FT only = {best / max(rows['FT only'][metric], 1e-9):.2f}  (goal > 1)")
+    (args.out / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
