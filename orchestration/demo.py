@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,9 @@ from typing import Any, Iterator
 import yaml
 
 from grove.io import atomic_write_text
+from orchestration.lineage import LineageReport, StepOutcome
 from orchestration.profile import REPO_ROOT, Profile, load_profile, runs_root
+from orchestration.report import ScalingPoint, metric_table
 
 log = logging.getLogger(__name__)
 
@@ -73,31 +73,99 @@ class DemoResult:
     profile: Profile
     root: Path
     seconds: float
-    materialised: int
-    reused: int
-    rows: list[tuple[str, dict[str, float]]]
-    plot: Path | None
+    report: LineageReport
+    rows: list[ScalingPoint]
+    metrics: list[str]
+    plot: Path
     experiment: str
     mlflow_store: str
     dagster_home: Path
+    pushed: str
+
+    def ui_commands(self) -> list[str]:
+        venv = REPO_ROOT / ".venv" / "bin"
+        runs = "" if self.root == REPO_ROOT / "runs" / self.profile.name else f"GROVE_RUNS={self.root} "
+        return [
+            f"cd {REPO_ROOT} && DAGSTER_HOME={self.dagster_home} GROVE_PROFILE={self.profile.name} {runs}"
+            f"{venv / 'dagster'} dev -w workspace.yaml",
+            f"{venv / 'mlflow'} ui --backend-store-uri {self.mlflow_store} --port 5000",
+        ]
+
+    def print(self, console: Any) -> None:
+        split = self.profile.get("inference.split")
+        table = metric_table(
+            [(p.label, {m: 100 * v for m, v in p.metrics.items()}) for p in self.rows],
+            self.metrics,
+            f"iGround {split} (x100) by pre-training size — profile '{self.profile.name}'",
+        )
+        console.print(table)
+        console.print(
+            f"lineage: {self.report.materialised} asset partitions materialised, {self.report.reused} steps reused "
+            f"as up to date, in {self.seconds / 60:.1f} min"
+        )
+        console.print(f"data-scaling plot: {self.plot}")
+        console.print(f"MLflow experiment: '{self.experiment}' in {self.mlflow_store}")
+        if self.pushed:
+            console.print(f"DVC: {self.pushed}")
+        console.print("open the UIs:")
+        for command in self.ui_commands():
+            console.print(f"  {command}", soft_wrap=True)
 
 
-def ui_commands(result: DemoResult) -> list[str]:
-    venv = REPO_ROOT / ".venv" / "bin"
-    return [
-        f"DAGSTER_HOME={result.dagster_home} GROVE_PROFILE={result.profile.name} "
-        f"{'GROVE_RUNS=' + str(result.root) + ' ' if result.root != REPO_ROOT / 'runs' / result.profile.name else ''}"
-        f"{venv / 'dagster'} dev -w {REPO_ROOT / 'workspace.yaml'}",
-        f"{venv / 'mlflow'} ui --backend-store-uri {result.mlflow_store} --port 5000",
-    ]
+def _step_printer(console: Any, groups: int):
+    def on_step(index: int, outcome: StepOutcome) -> None:
+        where = f"[{outcome.partition}]" if outcome.partition else ""
+        if outcome.reused:
+            console.print(f"[{index + 1}/{groups}] {outcome.group} {where}: up to date", style="dim")
+        else:
+            console.print(f"[{index + 1}/{groups}] {outcome.group} {where}: materialised in {outcome.seconds:.1f} s")
+
+    return on_step
 
 
-def read_metric_rows(metrics_dir: Path, order: list[str], labels: dict[str, str]) -> list[tuple[str, dict[str, float]]]:
-    """Rows of the demo table from the metrics files the evaluation assets write (one per partition)."""
-    rows = []
-    for partition in order:
-        path = metrics_dir / f"{partition}.json"
-        if path.exists():
-            values = json.loads(path.read_text())
-            rows.append((labels.get(partition, partition), {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}))
-    return rows
+def run_demo(profile: Profile | str = "demo", console: Any = None, root: Path | None = None) -> DemoResult:
+    """The whole lineage of a profile into its runs root, with its Dagster home, MLflow store and DVC records."""
+    import dagster as dg
+
+    from orchestration.definitions import build_definitions, dvc_enabled, experiment_name
+    from orchestration.defs.evaluation.assets import CURVE_PLOT, scaling_points
+    from orchestration.lineage import lineage_groups, materialize_lineage, recover_interrupted_runs
+    from orchestration.resources import LAYOUT, DvcResource, MlflowResource, PipelinePaths
+    from orchestration.sensors import sync_shard_partitions
+
+    started = time.perf_counter()
+    profile = load_profile(profile) if isinstance(profile, str) else profile
+    root = Path(root) if root is not None else runs_root(profile)
+    with exclusive_demo(root):
+        home = prepare_home(root / LAYOUT["dagster_home"], int(profile.get("orchestration.gpu_slots", 1)))
+        instance = dg.DagsterInstance.from_config(str(home))
+        recovered = recover_interrupted_runs(instance)
+        if recovered and console is not None:
+            console.print(f"{recovered} run(s) of an interrupted demo marked failed; their work is redone where needed")
+        defs = build_definitions(profile, root)
+        paths = PipelinePaths(root=str(root))
+        report = materialize_lineage(
+            defs,
+            instance,
+            partition_syncs=[sync_shard_partitions(profile, paths)],
+            tags={"grove/profile": profile.name},
+            on_step=_step_printer(console, len(lineage_groups(defs))) if console is not None else None,
+        )
+        pushed = ""
+        if dvc_enabled(profile, root):
+            DvcResource().run("push", "--quiet")
+            pushed = f"outputs pushed to the local remote {REPO_ROOT / 'runs' / 'dvc-store'}"
+    mlflow = MlflowResource.local(root, experiment_name(profile))
+    return DemoResult(
+        profile=profile,
+        root=root,
+        seconds=time.perf_counter() - started,
+        report=report,
+        rows=scaling_points(profile, paths),
+        metrics=list(profile.get("evaluation.metrics")),
+        plot=paths.path("reports", CURVE_PLOT),
+        experiment=mlflow.experiment,
+        mlflow_store=mlflow.store_uri,
+        dagster_home=home,
+        pushed=pushed,
+    )

@@ -81,20 +81,21 @@ def build(profile: Profile) -> list:
         "new shards and shards whose clip list changed.",
     )
     def annotation_shard_sensor(context: dg.SensorEvaluationContext, paths: PipelinePaths) -> dg.SensorResult | dg.SkipReason:
-        event = context.instance.get_latest_materialization_event(CATALOG)
-        if event is None:
+        records = context.instance.fetch_materializations(CATALOG, limit=1).records
+        if not records:
             return dg.SkipReason("no catalog yet")
+        catalog_id = records[0].storage_id
         cursor = json.loads(context.cursor) if context.cursor else {}
         planned = planned_shards(profile, paths)
         new = missing_shards(context.instance, list(planned), limit)
         changed: list[str] = []
-        if cursor.get("catalog") != event.storage_id:
+        if cursor.get("catalog") != catalog_id:
             known = [name for name in planned if name not in set(new)]
             recorded = latest_shard_hashes(context.instance, known)
             changed = [name for name in known if recorded.get(name) not in (None, planned[name].keys_hash)]
         backlog = len(missing_shards(context.instance, list(planned))) - len(new)
         # The catalog counts as handled once every one of its shards is a partition.
-        next_cursor = {"catalog": event.storage_id if backlog == 0 else cursor.get("catalog")}
+        next_cursor = {"catalog": catalog_id if backlog == 0 else cursor.get("catalog")}
         if not new and not changed:
             return dg.SensorResult(skip_reason=f"{len(planned)} shards, all known and current", cursor=json.dumps(next_cursor))
         requests = [

@@ -27,6 +27,11 @@ OWNERS = {
 FT_ONLY = "ft_only"
 
 
+def dvc_stage(kind: str, partition: str) -> str:
+    """The dvc.yaml stage that makes one partition: `kind@size` (a foreach stage), or `kind_ft_only`."""
+    return f"{kind}_{FT_ONLY}" if partition == FT_ONLY else f"{kind}@{partition}"
+
+
 def code_version(profile: Profile, body_version: str, *param_keys: str) -> str:
     """`body_version` (bumped by hand when an asset body changes) + a hash of the params it reads.
 

@@ -1,9 +1,15 @@
-"""Fixtures of the orchestration tests: a temporary Dagster instance that is quick to write to."""
+"""Fixtures of the orchestration tests: a quick temporary Dagster instance, and the tiny profile's lineage."""
+
+import copy
 
 import dagster as dg
 import pytest
+import yaml
 
-from orchestration.demo import instance_settings
+from orchestration.demo import instance_settings, run_demo
+from orchestration.profile import PARAMS_FILE, load_profile, read_params
+
+TINY = "tiny"
 
 
 @pytest.fixture
@@ -14,28 +20,27 @@ def dagster_instance(tmp_path):
         yield instance
 
 
-import copy
-
-import yaml
-
-from orchestration.profile import PARAMS_FILE, load_profile, read_params
-
-TINY = "tiny"
-
-
 def tiny_params() -> dict:
-    """The demo profile shrunk to seconds of work: a few short clips, shards of 4, two sizes, 2 steps."""
+    """The demo profile shrunk to seconds of work: a few 2 s clips, two shards, one size, one step."""
     params = copy.deepcopy(read_params(PARAMS_FILE)["demo"])
-    params["synthetic"].update(pool_clips=10, train_clips=4, val_clips=2, test_clips=3, seconds=2.0)
+    params["synthetic"].update(pool_clips=8, train_clips=2, val_clips=1, test_clips=2, seconds=2.0)
     params["annotation"]["shard_size"] = 4
-    params["scaling"] = {"pool_split": "pool", "sizes": ["s", "m"], "size_clips": {"s": 4, "m": None}}
+    params["scaling"] = {"pool_split": "pool", "sizes": ["s"], "size_clips": {"s": 4}}
     for phase in ("pretrain", "finetune"):
-        params["model"][phase] = {"max_steps": 2, "batch_size": 1, "warmup_steps": 1, "log_every": 1, "num_workers": 0}
+        params["model"][phase] = {"max_steps": 1, "batch_size": 1, "warmup_steps": 1, "log_every": 1, "num_workers": 0}
     return params
 
 
 @pytest.fixture(scope="session")
 def tiny_profile(tmp_path_factory):
+    """A params.yaml holding only the tiny profile, loaded."""
     folder = tmp_path_factory.mktemp("params")
     (folder / "params.yaml").write_text(yaml.safe_dump({"profile": TINY, TINY: tiny_params()}))
     return load_profile(TINY, folder / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tiny_profile, tmp_path_factory):
+    """`grove demo`'s whole lineage on the tiny profile, once for the session: (result, runs root)."""
+    root = tmp_path_factory.mktemp("runs")
+    return run_demo(tiny_profile, root=root), root

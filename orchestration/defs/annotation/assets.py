@@ -11,10 +11,11 @@ import dagster as dg
 
 from orchestration.defs.annotation.checks import shard_check_results, shard_check_specs
 from orchestration.defs.annotation.partitions import SHARDS, annotator_config, planned_shards, shard_files, shard_spec
-from orchestration.defs.common import OWNERS, numeric_metadata, table_preview, timed
-from orchestration.defs.raw_videos.assets import CATALOG
+from grove.io import atomic_write_json
+from orchestration.defs.common import OWNERS, code_version, input_versions, numeric_metadata, table_preview, timed
+from orchestration.defs.raw_videos.assets import CATALOG, SYNTHETIC, uses_synthetic
 from orchestration.profile import Profile
-from orchestration.resources import DvcResource, PipelinePaths, combine_versions, dvc_md5
+from orchestration.resources import DvcResource, MlflowResource, PipelinePaths, combine_versions, dvc_md5
 
 GROUP = "annotation"
 STAGE_KEYS = {
@@ -23,6 +24,9 @@ STAGE_KEYS = {
     3: dg.AssetKey("stage3_grounded_clips"),
 }
 POOL = dg.AssetKey("annotated_pool")
+QUALITY = dg.AssetKey("annotation_quality")
+QUALITY_REPORT = "annotation_quality.json"
+QUALITY_METRICS = ("METEOR", "CIDEr", "AP50", "Recall")
 
 STAGE_DESCRIPTIONS = {
     1: "Stage 1: frame-level grounded captions (caption, phrases, boxes) for every 5 fps frame of the "
@@ -132,4 +136,42 @@ def build(profile: Profile) -> list:
         metadata["path"] = dg.MetadataValue.path(str(out))
         return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(dvc.record("annotate", [out])))
 
-    return [_stage_asset(profile, stage) for stage in (1, 2, 3)] + [annotated_pool]
+    assets = [_stage_asset(profile, stage) for stage in (1, 2, 3)] + [annotated_pool]
+    if uses_synthetic(profile):
+        assets.append(_quality_asset(profile))
+    return assets
+
+
+def _quality_asset(profile: Profile) -> dg.AssetsDefinition:
+    split = profile.get("scaling.pool_split", None)
+
+    @dg.asset(
+        key=QUALITY,
+        deps=[POOL, SYNTHETIC],
+        group_name=GROUP,
+        kinds={"python", "mlflow"},
+        owners=OWNERS[GROUP],
+        code_version=code_version(profile, "1", "scaling.pool_split"),
+        automation_condition=dg.AutomationCondition.eager(),
+        description="The automatic annotation scored against the synthetic ground truth with the iGround "
+        "metrics (x100), next to naively labelled stage-1 boxes: the paper's 'automatic annotation' row.",
+    )
+    def annotation_quality(context: dg.AssetExecutionContext, paths: PipelinePaths, mlflow: MlflowResource, dvc: DvcResource) -> dg.MaterializeResult:
+        from annotation.quality import score_annotation
+
+        out = paths.path("reports", QUALITY_REPORT)
+        with mlflow.start_run(context, params={"split": split or "all"}, tags=input_versions(context, {"pool": (POOL, None)})) as run:
+            row = score_annotation(paths.path("annotation"), paths.path("synthetic"), split=split)
+            atomic_write_json(out, row)
+            run.log_metrics({name: row[name] for name in QUALITY_METRICS if row.get(name) is not None})
+            naive = row.get("naive") or {}
+            run.log_metrics({f"naive.{name}": naive[name] for name in QUALITY_METRICS if naive.get(name) is not None})
+            run.log_dict(row, "annotation_quality.json")
+            version = dvc.record("quality", [out])
+        metadata = numeric_metadata({name: row[name] for name in QUALITY_METRICS if row.get(name) is not None})
+        metadata |= numeric_metadata({f"naive_{name}": naive[name] for name in QUALITY_METRICS if naive.get(name) is not None})
+        metadata["mlflow_run"] = dg.MetadataValue.url(run.url)
+        metadata["path"] = dg.MetadataValue.path(str(out))
+        return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(version))
+
+    return annotation_quality

@@ -8,6 +8,7 @@ a time (SQLite instance storage fails on very large single additions).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import dagster as dg
@@ -19,17 +20,12 @@ SHARDS = dg.DynamicPartitionsDefinition(name="annotation_shards")
 
 
 def annotator_config(profile: Profile) -> Any:
-    """The profile's AnnotatorConfig: its hash is the annotator version, the stages' code version."""
+    """The profile's AnnotatorConfig (every `annotation.*` key that is one of its fields; the rest are
+    orchestration settings): its hash is the annotator version, the stages' code version."""
     from annotation.shards import AnnotatorConfig
 
-    return AnnotatorConfig(
-        stage1=profile.get("annotation.stage1"),
-        stage2=profile.get("annotation.stage2"),
-        stage3=profile.get("annotation.stage3"),
-        stage1_options=dict(profile.get("annotation.stage1_options", {}) or {}),
-        stage2_options=dict(profile.get("annotation.stage2_options", {}) or {}),
-        stage3_options=dict(profile.get("annotation.stage3_options", {}) or {}),
-    )
+    names = {field.name for field in dataclasses.fields(AnnotatorConfig)}
+    return AnnotatorConfig(**{key: value for key, value in profile.get("annotation").items() if key in names})
 
 
 def planned_shards(profile: Profile, paths: PipelinePaths) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import dagster as dg
 
 from grove.io import atomic_write_json
 from orchestration.defs.benchmarks.assets import IGROUND
-from orchestration.defs.common import FT_ONLY, OWNERS, code_version, input_versions, numeric_metadata
+from orchestration.defs.common import FT_ONLY, OWNERS, code_version, dvc_stage, input_versions, numeric_metadata
 from orchestration.defs.evaluation.checks import metric_check_results, metric_check_specs
 from orchestration.defs.models.assets import FINETUNED
 from orchestration.defs.models.partitions import variant_partitions
@@ -56,6 +56,25 @@ def scaling_points(profile: Profile, paths: PipelinePaths) -> list[ScalingPoint]
     return points
 
 
+def write_curve(profile: Profile, paths: PipelinePaths) -> tuple[Path, Path]:
+    """The data-scaling plot and its table (JSON rows) from the metrics files."""
+    metrics = list(profile.get("evaluation.metrics"))
+    points = scaling_points(profile, paths)
+    title = f"iGround {profile.get('inference.split')}: data scaling ({profile.name})"
+    plot = plot_scaling_curve(points, metrics, paths.path("reports", CURVE_PLOT), title)
+    table = paths.path("reports", CURVE_TABLE)
+    atomic_write_json(table, [{"row": p.label, "clips": p.clips, **{m: p.metrics.get(m) for m in metrics}} for p in points])
+    return plot, table
+
+
+def curve_markdown(points: list[ScalingPoint], metrics: list[str]) -> str:
+    """The table as Markdown, metrics x100 as the paper prints them."""
+    lines = ["| pre-training | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for p in points:
+        lines.append("| " + p.label + " | " + " | ".join(f"{100 * p.metrics[m]:.2f}" if m in p.metrics else "-" for m in metrics) + " |")
+    return "\n".join(lines)
+
+
 def build(profile: Profile) -> list:
     variants = variant_partitions(profile)
     metrics = list(profile.get("evaluation.metrics"))
@@ -87,7 +106,7 @@ def build(profile: Profile) -> list:
         with mlflow.start_run(context, params=extras, tags=inputs) as run:
             invocation = launcher.run(context, module="orchestration.pipes_infer", extras=extras, nproc=1)
             reported = invocation.get_materialize_result()
-            version = dvc.record(f"predict@{variant}", [out])
+            version = dvc.record(dvc_stage("predict", variant), [out])
             run.set_tags({"dvc.output": version})
             run.log_metrics({"clips": float(reported.metadata["clips"].value), "infer_seconds": float(reported.metadata["infer_seconds"].value)})
             run.log_artifact(out, "predictions")
@@ -125,7 +144,7 @@ def build(profile: Profile) -> list:
             record_report(metrics_database(paths), report, checkpoint=f"{profile.name}:{variant}", pretrain_size=pretrain_size)
             run.log_metrics({name: value for name, value in report.metrics.items() if value is not None})
             run.log_dict(report.to_dict(), "iground_report.json")
-            version = dvc.record(f"evaluate@{variant}", [out])
+            version = dvc.record(dvc_stage("evaluate", variant), [out])
             run.set_tags({"dvc.output": version})
         metadata = numeric_metadata({name: float(value) for name, value in report.metrics.items() if value is not None})
         metadata |= {"counts": dg.MetadataValue.json(report.counts), "mlflow_run": dg.MetadataValue.url(run.url),
@@ -146,19 +165,14 @@ def build(profile: Profile) -> list:
         "with FT-only as the baseline; a plot and its table.",
     )
     def data_scaling_curve(context: dg.AssetExecutionContext, paths: PipelinePaths, mlflow: MlflowResource, dvc: DvcResource) -> dg.MaterializeResult:
-        points = scaling_points(profile, paths)
-        plot = plot_scaling_curve(points, metrics, paths.path("reports", CURVE_PLOT), f"iGround {split}: data scaling ({profile.name})")
-        table = paths.path("reports", CURVE_TABLE)
-        atomic_write_json(table, [{"row": p.label, "clips": p.clips, **{m: p.metrics.get(m) for m in metrics}} for p in points])
+        plot, table = write_curve(profile, paths)
         with mlflow.start_run(context, params={"metrics": ",".join(metrics), "sizes": ",".join(profile.sizes)}) as run:
             run.log_artifact(plot, "reports")
             run.log_artifact(table, "reports")
             version = dvc.record("curve", [plot, table])
             run.set_tags({"dvc.output": version})
-        markdown = ["| pre-training | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-        markdown += ["| " + p.label + " | " + " | ".join(f"{100 * p.metrics[m]:.2f}" if m in p.metrics else "-" for m in metrics) + " |" for p in points]
         return dg.MaterializeResult(
-            metadata={"table": dg.MetadataValue.md("\n".join(markdown)), "plot": dg.MetadataValue.path(str(plot)),
+            metadata={"table": dg.MetadataValue.md(curve_markdown(scaling_points(profile, paths), metrics)), "plot": dg.MetadataValue.path(str(plot)),
                       "mlflow_run": dg.MetadataValue.url(run.url)},
             data_version=dg.DataVersion(version),
         )

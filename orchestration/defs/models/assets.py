@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import dagster as dg
 
 from orchestration.defs.benchmarks.assets import IGROUND
-from orchestration.defs.common import FT_ONLY, OWNERS, code_version, input_versions
+from orchestration.defs.common import FT_ONLY, OWNERS, code_version, dvc_stage, input_versions
 from orchestration.defs.models.partitions import pretrained_of_variant, variant_partitions
 from orchestration.defs.scaling.assets import SUBSET
 from orchestration.defs.scaling.partitions import size_partitions
@@ -25,9 +25,14 @@ FINETUNED = dg.AssetKey("finetuned_model")
 TRAINING_FILES = ("train_config.json", "result.json", "metrics.jsonl")
 
 
-def train_config(profile: Profile, phase: str, **fields: Any) -> dict[str, Any]:
-    """A grove.train.TrainConfig as a dict: the profile's model and `model.<phase>` settings, then `fields`."""
-    return {"model": profile.get("model.config"), "seed": profile.seed, **dict(profile.get(f"model.{phase}")), **fields}
+def train_config(context: dg.AssetExecutionContext, profile: Profile, phase: str, **fields: Any) -> dict[str, Any]:
+    """A grove.train.TrainConfig as a dict: the profile's model and `model.<phase>` settings, then `fields`.
+
+    A run resumes from the checkpoints in its folder only when it re-executes a failed run; any
+    other materialisation (new data, new parameters) trains from scratch, as DVC's stage does.
+    """
+    resume = context.run.parent_run_id is not None
+    return {"model": profile.get("model.config"), "seed": profile.seed, **dict(profile.get(f"model.{phase}")), **fields, "resume": resume}
 
 
 def train_through_pipes(
@@ -38,7 +43,7 @@ def train_through_pipes(
     dvc: DvcResource,
     config: Mapping[str, Any],
     inputs: Mapping[str, tuple[dg.AssetKey, str | None]],
-    dvc_stage: str,
+    stage: str,
 ) -> dg.MaterializeResult:
     """Train in a Pipes subprocess inside one MLflow run; the DVC hash of the output is the data version."""
     out = Path(config["out_dir"])
@@ -50,7 +55,7 @@ def train_through_pipes(
         for name in TRAINING_FILES:
             if (out / name).exists():
                 run.log_artifact(out / name, "training")
-        version = dvc.record(dvc_stage, [out])
+        version = dvc.record(stage, [out])
         checkpoint = reported.metadata["checkpoint"].value
         run.set_tags({"dvc.output": version, "checkpoint": checkpoint})
         finals = {name: reported.metadata[name].value for name in ("final_train_loss", "best_val_loss") if name in reported.metadata}
@@ -86,10 +91,10 @@ def build(profile: Profile) -> list:
         size = context.partition_key
         subset = paths.path("subsets", size)
         config = train_config(
-            profile, "pretrain", train_data=str(subset), out_dir=str(paths.path("pretrained", size)), train_split=pool_split or "all"
+            context, profile, "pretrain", train_data=str(subset), out_dir=str(paths.path("pretrained", size)), train_split=pool_split or "all"
         )
         return train_through_pipes(
-            context, launcher=launcher, mlflow=mlflow, dvc=dvc, config=config, inputs={"subset": (SUBSET, size)}, dvc_stage=f"pretrain@{size}"
+            context, launcher=launcher, mlflow=mlflow, dvc=dvc, config=config, inputs={"subset": (SUBSET, size)}, stage=dvc_stage("pretrain", size)
         )
 
     @dg.asset(
@@ -116,6 +121,7 @@ def build(profile: Profile) -> list:
             init = paths.path("pretrained", variant)
             inputs["pretrained"] = (PRETRAINED, variant)
         config = train_config(
+            context,
             profile,
             "finetune",
             train_data=str(benchmark),
@@ -125,7 +131,7 @@ def build(profile: Profile) -> list:
             init=str(init) if init else None,
         )
         return train_through_pipes(
-            context, launcher=launcher, mlflow=mlflow, dvc=dvc, config=config, inputs=inputs, dvc_stage=f"finetune@{variant}"
+            context, launcher=launcher, mlflow=mlflow, dvc=dvc, config=config, inputs=inputs, stage=dvc_stage("finetune", variant)
         )
 
     return [pretrained_model, finetuned_model]

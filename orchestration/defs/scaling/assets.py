@@ -6,12 +6,25 @@ from orchestration.defs.annotation.assets import POOL
 from orchestration.defs.raw_videos.assets import pool_videos_root
 from orchestration.defs.common import OWNERS, code_version, numeric_metadata, timed
 from orchestration.defs.scaling.partitions import size_partitions
-from orchestration.defs.scaling.subsets import write_subset
+from orchestration.defs.scaling.subsets import SubsetSummary, write_subset
 from orchestration.profile import Profile
 from orchestration.resources import DvcResource, PipelinePaths
 
 GROUP = "scaling"
 SUBSET = dg.AssetKey("pretraining_subset")
+
+
+def write_profile_subset(profile: Profile, paths: PipelinePaths, size: str) -> SubsetSummary:
+    """The subset of `size` as the profile defines it (seed, clips, pool split), from the annotated pool."""
+    return write_subset(
+        paths.path("annotation"),
+        paths.path("subsets", size),
+        profile.size_clips(size),
+        profile.seed,
+        split=profile.get("scaling.pool_split", None),
+        # The annotated pool's video paths are those of the catalog: relative to its videos root.
+        video_root=pool_videos_root(profile, paths),
+    )
 
 
 def build(profile: Profile) -> list:
@@ -32,15 +45,7 @@ def build(profile: Profile) -> list:
         out = paths.path("subsets", size)
         metadata: dict = {}
         with timed(metadata):
-            summary = write_subset(
-                paths.path("annotation"),
-                out,
-                profile.size_clips(size),
-                profile.seed,
-                split=profile.get("scaling.pool_split", None),
-                # The annotated pool's video paths are those of the catalog: relative to its videos root.
-                video_root=pool_videos_root(profile, paths),
-            )
+            summary = write_profile_subset(profile, paths, size)
         metadata |= numeric_metadata({"clips": summary.clips, "boxes": summary.boxes, "pool_clips": summary.pool_clips, "seed": summary.seed})
         metadata["path"] = dg.MetadataValue.path(str(out))
         return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(dvc.record(f"subset@{size}", [out])))

@@ -1,0 +1,116 @@
+"""`grove demo`, `grove compare`, and `grove pipeline ...` (the lineage steps that belong to the
+orchestration layer, so that DVC's stages can run them without Dagster)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+pipeline_app = typer.Typer(no_args_is_help=True, add_completion=False)
+
+PROFILE_OPTION = typer.Option(None, "--profile", help="params.yaml profile (default: $GROVE_PROFILE, else the file's).")
+PARAMS_OPTION = typer.Option(None, "--params", help="params.yaml to read (default: the repository's).")
+
+
+def _profile(name: Optional[str], params: Optional[Path]):
+    from orchestration.profile import PARAMS_FILE, load_profile
+
+    return load_profile(name, params or PARAMS_FILE)
+
+
+def _paths(profile):
+    from orchestration.profile import runs_root
+    from orchestration.resources import PipelinePaths
+
+    return PipelinePaths(root=str(runs_root(profile)))
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def demo_command(
+    profile: str = typer.Option("demo", "--profile", help="params.yaml profile to run."),
+) -> None:
+    """Materialise the whole lineage on the demo profile (reusing what is up to date), then print the metric table."""
+    from rich.console import Console
+
+    from orchestration.demo import run_demo
+
+    console = Console()
+    try:
+        result = run_demo(profile, console)
+    except Exception as exc:  # the message names the asset, file and problem; the traceback is in the Dagster UI
+        _fail(f"{type(exc).__name__}: {exc}")
+    result.print(console)
+
+
+def compare_command(
+    asset: str = typer.Option("iground_metrics", "--asset", help="Asset whose MLflow runs to compare."),
+    metric: Optional[list[str]] = typer.Option(None, "--metric", help="Metric column (repeatable; default: the profile's headline metrics)."),
+    all_runs: bool = typer.Option(False, "--all", help="Every finished run, not only the newest per partition."),
+    profile: Optional[str] = PROFILE_OPTION,
+    params: Optional[Path] = PARAMS_OPTION,
+) -> None:
+    """A table of metrics across MLflow runs, one row per partition (e.g. iGround metrics by pre-training size)."""
+    from rich.console import Console
+
+    from orchestration.compare import comparison_rows, comparison_table, search_asset_runs
+    from orchestration.defs.common import FT_ONLY
+    from orchestration.definitions import experiment_name
+    from orchestration.profile import runs_root
+    from orchestration.resources import MlflowResource
+
+    chosen = _profile(profile, params)
+    root = runs_root(chosen)
+    if not (root / "mlflow.db").exists():
+        _fail(f"{root / 'mlflow.db'}: no MLflow store yet (run `grove demo` or materialise the lineage first)")
+    mlflow = MlflowResource.local(root, experiment_name(chosen))
+    client = mlflow.client()
+    runs = search_asset_runs(client, mlflow.experiment_id(client), asset)
+    if not runs:
+        _fail(f"no finished MLflow runs of asset '{asset}' in experiment '{mlflow.experiment}' ({mlflow.store_uri})")
+    rows = comparison_rows(runs, order=[*chosen.sizes, FT_ONLY], latest_only=not all_runs)
+    columns = metric or list(chosen.get("evaluation.metrics"))
+    Console().print(comparison_table(rows, columns, f"{asset}: MLflow experiment {mlflow.experiment}"))
+
+
+@pipeline_app.command("iground")
+def iground_command(profile: Optional[str] = PROFILE_OPTION, params: Optional[Path] = PARAMS_OPTION) -> None:
+    """The iGround benchmark folder (the `iground_benchmark` asset)."""
+    from orchestration.defs.benchmarks.assets import build_iground
+
+    chosen = _profile(profile, params)
+    paths = _paths(chosen)
+    counts = build_iground(chosen, paths, paths.path("iground"))
+    typer.echo(f"iGround benchmark: {paths.path('iground')} ({counts})")
+
+
+@pipeline_app.command("subset")
+def subset_command(
+    size: str = typer.Option(..., "--size", help="Pre-training size (a key of scaling.sizes)."),
+    profile: Optional[str] = PROFILE_OPTION,
+    params: Optional[Path] = PARAMS_OPTION,
+) -> None:
+    """One nested, seeded pre-training subset (the `pretraining_subset` asset's partition)."""
+    from orchestration.defs.scaling.assets import write_profile_subset
+
+    chosen = _profile(profile, params)
+    if size not in chosen.sizes:
+        _fail(f"{chosen.params_file}: profile '{chosen.name}' has no size '{size}' (sizes: {', '.join(chosen.sizes)})")
+    summary = write_profile_subset(chosen, _paths(chosen), size)
+    typer.echo(f"subset {size}: {summary.clips} of {summary.pool_clips} pool clips -> {summary.out_dir}")
+
+
+@pipeline_app.command("curve")
+def curve_command(profile: Optional[str] = PROFILE_OPTION, params: Optional[Path] = PARAMS_OPTION) -> None:
+    """The data-scaling plot and table from the metrics files (the `data_scaling_curve` asset)."""
+    from orchestration.defs.evaluation.assets import write_curve
+
+    chosen = _profile(profile, params)
+    plot, table = write_curve(chosen, _paths(chosen))
+    typer.echo(f"data-scaling curve: {plot} (table: {table})")
+

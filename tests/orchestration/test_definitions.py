@@ -1,0 +1,128 @@
+"""The code location: definitions load for both profiles, the asset graph is snapshotted, and dvc.yaml
+describes the same lineage (stage names, output paths) as the assets."""
+
+import subprocess
+import sys
+
+import dagster as dg
+import pytest
+import yaml
+
+from orchestration.definitions import build_definitions, defs, dvc_enabled
+from orchestration.defs.common import FT_ONLY, dvc_stage
+from orchestration.profile import REPO_ROOT, load_profile
+from orchestration.resources import LAYOUT, TorchrunLauncher
+
+GROUPS = {"raw_videos", "annotation", "benchmarks", "scaling", "models", "evaluation"}
+GPU_ASSETS = {"pretrained_model", "finetuned_model", "iground_predictions"}
+
+
+def graph_summary(definitions: dg.Definitions) -> list[dict]:
+    """What the snapshot pins: every asset's group, partitioning, parents, kinds, pool and checks."""
+    graph = definitions.resolve_asset_graph()
+    checks_by_asset: dict[str, list[str]] = {}
+    for check in graph.asset_check_keys:
+        checks_by_asset.setdefault(check.asset_key.to_user_string(), []).append(check.name)
+    rows = []
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        partitions = node.partitions_def
+        if isinstance(partitions, dg.DynamicPartitionsDefinition):
+            partitioning = f"dynamic:{partitions.name}"
+        elif partitions is not None:
+            partitioning = "static:" + ",".join(partitions.get_partition_keys())
+        else:
+            partitioning = None
+        rows.append(
+            {
+                "key": key.to_user_string(),
+                "group": node.group_name,
+                "materializable": node.is_materializable,
+                "partitions": partitioning,
+                "parents": sorted(p.to_user_string() for p in node.parent_keys),
+                "kinds": sorted(node.kinds),
+                "pools": sorted(node.pools or []),
+                "code_version": bool(node.code_version),
+                "automation": node.automation_condition.get_label() if node.automation_condition else None,
+                "checks": sorted(checks_by_asset.get(key.to_user_string(), [])),
+            }
+        )
+    return rows
+
+
+@pytest.mark.parametrize("profile_name", ["demo", "paper"])
+def test_asset_graph_snapshot(profile_name, snapshot, tmp_path):
+    definitions = build_definitions(load_profile(profile_name), tmp_path)
+    assert graph_summary(definitions) == snapshot
+
+
+@pytest.mark.parametrize("profile_name", ["demo", "paper"])
+def test_every_asset_is_described_owned_grouped_and_versioned(profile_name, tmp_path):
+    definitions = build_definitions(load_profile(profile_name), tmp_path)
+    graph = definitions.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.group_name in GROUPS, key
+        assert node.description and len(node.description) > 40, key
+        assert node.owners, key
+        if node.is_materializable:
+            assert node.code_version, key
+            assert (set(node.pools or []) == {"gpu"}) == (key.to_user_string() in GPU_ASSETS), (key, node.pools)
+
+
+def test_scaling_partitions_come_from_the_profile(tmp_path):
+    for name, sizes in (("demo", ["small", "medium", "full"]), ("paper", ["1k", "10k", "100k", "1m"])):
+        graph = build_definitions(load_profile(name), tmp_path).resolve_asset_graph()
+        assert graph.get(dg.AssetKey("pretraining_subset")).partitions_def.get_partition_keys() == sizes
+        assert graph.get(dg.AssetKey("finetuned_model")).partitions_def.get_partition_keys() == [*sizes, FT_ONLY]
+
+
+def test_resources_executor_and_dvc_switch(tmp_path):
+    profile = load_profile("demo")
+    definitions = build_definitions(profile, tmp_path)
+    assert isinstance(definitions.resources["launcher"], TorchrunLauncher)
+    assert definitions.resources["paths"].root == str(tmp_path)
+    assert definitions.resources["mlflow"].tracking_uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}?timeout=60"
+    assert not definitions.resources["dvc"].enabled  # dvc.yaml describes runs/demo, not this folder
+    assert dvc_enabled(profile, REPO_ROOT / "runs" / "demo")
+    executor = definitions.executor
+    config = executor.apply_config_mapping({}).value["config"]
+    assert executor.name == "multiprocess" and config["max_concurrent"] == profile.get("orchestration.max_concurrent")
+
+
+def test_the_module_level_definitions_load_for_dagster_dev():
+    assert defs.resolve_asset_graph().get_all_asset_keys()
+    workspace = yaml.safe_load((REPO_ROOT / "workspace.yaml").read_text())
+    assert workspace["load_from"][0]["python_module"]["module_name"] == "orchestration.definitions"
+    # `dagster dev` imports it in a fresh process: no GPU-only module, no network, nothing heavy.
+    code = "import sys, orchestration.definitions as d; print(sorted(m for m in ('torch', 'mlflow', 'vllm') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_dvc_yaml_mirrors_the_assets_stages_and_outputs():
+    profile = load_profile("demo")
+    listed = subprocess.run(
+        [str(REPO_ROOT / ".venv-dvc" / "bin" / "dvc"), "stage", "list"], capture_output=True, text=True, cwd=REPO_ROOT, check=True
+    ).stdout
+    stages = {line.split()[0]: line.split(None, 2)[2] for line in listed.splitlines() if line.strip()}
+    expected = {"synthesize", "ingest", "annotate", "quality", "iground", "curve"}
+    for size in profile.sizes:
+        expected |= {dvc_stage(kind, size) for kind in ("subset", "pretrain")}
+    for variant in [*profile.sizes, FT_ONLY]:
+        expected |= {dvc_stage(kind, variant) for kind in ("finetune", "predict", "evaluate")}
+    assert set(stages) == expected
+
+    def out_of(stage: str) -> str:
+        return stages[stage].replace("Outputs ", "").replace("Reports ", "").split(",")[0]
+
+    demo = "runs/demo/"
+    assert out_of("synthesize") == demo + LAYOUT["synthetic"]
+    assert out_of("ingest") == demo + LAYOUT["catalog"]
+    assert out_of("annotate") == demo + LAYOUT["annotation"]
+    assert out_of("iground") == demo + LAYOUT["iground"]
+    assert out_of("subset@small") == demo + LAYOUT["subsets"] + "/small"
+    assert out_of("pretrain@small") == demo + LAYOUT["pretrained"] + "/small"
+    assert out_of("finetune_ft_only") == demo + LAYOUT["finetuned"] + "/ft_only"
+    assert out_of("predict@full") == demo + LAYOUT["predictions"] + "/full.json"
+    assert out_of("evaluate@medium") == demo + LAYOUT["metrics"] + "/iground/medium.json"

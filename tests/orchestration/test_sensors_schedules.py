@@ -1,0 +1,140 @@
+"""The new-videos sensor, the annotation-shard sensor (batches of new partitions) and the re-annotation schedule."""
+
+import copy
+import datetime as dt
+import json
+
+import dagster as dg
+import pytest
+
+from grove.data.schema import clip_table, write_clips
+from orchestration import schedules, sensors
+from orchestration.defs.annotation.assets import STAGE_KEYS, stage_code_version
+from orchestration.defs.annotation.partitions import planned_shards
+from orchestration.profile import Profile
+from orchestration.resources import PipelinePaths
+
+
+def profile_with(base: Profile, **annotation) -> Profile:
+    params = copy.deepcopy(dict(base.params))
+    params["annotation"].update(annotation)
+    return Profile(base.name, params, base.params_file)
+
+
+def by_name(defs: list, name: str):
+    return next(d for d in defs if d.name == name)
+
+
+def write_catalog(paths: PipelinePaths, clips: int) -> None:
+    rows = [
+        dict(key=f"v{i:03d}_0", dataset="pool", split="pool", video_id=f"v{i:03d}", clip_id="0", video_path=f"videos/v{i:03d}.mp4",
+             fps=10.0, clip_start_frame=0, clip_end_frame=19, num_frames=0, width=64, height=48, caption="",
+             tagged_caption="", phrases=[], extra={})
+        for i in range(clips)
+    ]
+    write_clips(clip_table(rows), paths.path("catalog") / "clips.parquet")
+
+
+@pytest.fixture
+def paths(tmp_path):
+    return PipelinePaths(root=str(tmp_path))
+
+
+def evaluate_sensor(sensor_def, instance, paths, cursor=None):
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"paths": paths}) as context:
+        return sensor_def(context)
+
+
+def test_new_videos_sensor_requests_a_catalog_when_the_folder_changes(tiny_profile, dagster_instance, paths):
+    sensor_def = by_name(sensors.build(tiny_profile), "new_videos_sensor")
+    assert isinstance(evaluate_sensor(sensor_def, dagster_instance, paths), dg.SkipReason)  # no folder yet
+
+    videos = paths.path("synthetic") / "videos"
+    videos.mkdir(parents=True)
+    (videos / "a.mp4").write_bytes(b"a")
+    (videos / "notes.txt").write_text("not a video")
+    first = evaluate_sensor(sensor_def, dagster_instance, paths)
+    (request,) = first.run_requests
+    assert request.asset_selection == [dg.AssetKey("pool_catalog")] and request.tags["grove/videos"] == "1"
+
+    unchanged = evaluate_sensor(sensor_def, dagster_instance, paths, cursor=first.cursor)
+    assert isinstance(unchanged, dg.SkipReason) and "unchanged" in unchanged.skip_message
+
+    (videos / "b.mp4").write_bytes(b"b")
+    second = evaluate_sensor(sensor_def, dagster_instance, paths, cursor=first.cursor)
+    assert second.run_requests[0].run_key != request.run_key and second.cursor != first.cursor
+
+
+def test_shard_sensor_adds_new_shards_in_batches_and_requests_their_annotation(tiny_profile, dagster_instance, paths):
+    profile = profile_with(tiny_profile, shard_size=4, new_shards_per_tick=2)
+    sensor_def = by_name(sensors.build(profile), "annotation_shard_sensor")
+    assert isinstance(evaluate_sensor(sensor_def, dagster_instance, paths), dg.SkipReason)  # no catalog yet
+
+    write_catalog(paths, clips=14)  # 4 shards of 4, 4, 4, 2 clips
+    dagster_instance.report_runless_asset_event(dg.AssetMaterialization("pool_catalog"))
+    first = evaluate_sensor(sensor_def, dagster_instance, paths)
+    (add,) = first.dynamic_partitions_requests
+    assert add.partitions_def_name == "annotation_shards" and list(add.partition_keys) == ["shard-00000", "shard-00001"]
+    assert [r.partition_key for r in first.run_requests] == ["shard-00000", "shard-00001"]
+    assert all(r.asset_selection == [STAGE_KEYS[1], STAGE_KEYS[2], STAGE_KEYS[3]] for r in first.run_requests)
+    assert json.loads(first.cursor)["catalog"] is None  # the catalog is not handled until every shard is a partition
+
+    dagster_instance.add_dynamic_partitions("annotation_shards", list(add.partition_keys))
+    second = evaluate_sensor(sensor_def, dagster_instance, paths, cursor=first.cursor)
+    assert list(second.dynamic_partitions_requests[0].partition_keys) == ["shard-00002", "shard-00003"]
+    dagster_instance.add_dynamic_partitions("annotation_shards", ["shard-00002", "shard-00003"])
+
+    # A new catalog: shard 0 was annotated from its current key list, shard 1 from an older one.
+    stage1 = STAGE_KEYS[1]
+    plan = planned_shards(profile, paths)
+    dagster_instance.report_runless_asset_event(
+        dg.AssetMaterialization(stage1, partition="shard-00000", metadata={"keys_hash": plan["shard-00000"].keys_hash})
+    )
+    dagster_instance.report_runless_asset_event(
+        dg.AssetMaterialization(stage1, partition="shard-00001", metadata={"keys_hash": "an older key list"})
+    )
+    dagster_instance.report_runless_asset_event(dg.AssetMaterialization("pool_catalog"))
+    third = evaluate_sensor(sensor_def, dagster_instance, paths, cursor=second.cursor)
+    assert [r.partition_key for r in third.run_requests] == ["shard-00001"]  # its clips changed
+    assert not third.dynamic_partitions_requests
+
+    fourth = evaluate_sensor(sensor_def, dagster_instance, paths, cursor=third.cursor)
+    assert not fourth.run_requests  # same catalog, already handled
+
+
+def test_reannotation_schedule_requests_only_shards_of_an_older_annotator_version(tiny_profile, dagster_instance):
+    schedule_def = by_name(schedules.build(tiny_profile), "reannotation_schedule")
+    assert schedule_def.cron_schedule == tiny_profile.get("annotation.reannotate_cron")
+    dagster_instance.add_dynamic_partitions("annotation_shards", ["shard-00000", "shard-00001"])
+    current = stage_code_version(tiny_profile, 3)
+    dagster_instance.report_runless_asset_event(
+        dg.AssetMaterialization(STAGE_KEYS[3], partition="shard-00000", tags={"dagster/code_version": current})
+    )
+    dagster_instance.report_runless_asset_event(
+        dg.AssetMaterialization(STAGE_KEYS[3], partition="shard-00001", tags={"dagster/code_version": "an old prompt"})
+    )
+    when = dt.datetime(2026, 11, 22, 3, 0, tzinfo=dt.timezone.utc)
+    with dg.build_schedule_context(instance=dagster_instance, scheduled_execution_time=when) as context:
+        requests = schedule_def(context)
+    assert [r.partition_key for r in requests] == ["shard-00001"]
+    assert requests[0].tags["grove/annotator_version"] == current
+
+    dagster_instance.report_runless_asset_event(
+        dg.AssetMaterialization(STAGE_KEYS[3], partition="shard-00001", tags={"dagster/code_version": current})
+    )
+    with dg.build_schedule_context(instance=dagster_instance, scheduled_execution_time=when) as context:
+        result = schedule_def(context)
+    assert isinstance(result, dg.SkipReason) and "current version" in result.skip_message
+
+
+def test_a_changed_stage_option_changes_the_code_version_of_that_stage_and_later_ones(tiny_profile):
+    changed = profile_with(tiny_profile, stage2="transformers")
+    assert stage_code_version(changed, 1) == stage_code_version(tiny_profile, 1)
+    assert stage_code_version(changed, 2) != stage_code_version(tiny_profile, 2)
+    assert stage_code_version(changed, 3) != stage_code_version(tiny_profile, 3)
+
+
+def test_the_automation_sensor_covers_every_asset(tiny_profile):
+    automation = by_name(sensors.build(tiny_profile), "grove_automation")
+    assert isinstance(automation, dg.AutomationConditionSensorDefinition)
+    assert automation.default_status == dg.DefaultSensorStatus.RUNNING
