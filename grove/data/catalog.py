@@ -11,7 +11,8 @@ OUT/
 ```
 
 Which files: every file under the videos root whose name ends in one of `VIDEO_EXTENSIONS`, plus
-every file an annotation names; names starting with "." and the output folder are skipped.
+every file an annotation names (annotation video paths are relative to the videos root, as in the
+official formats); names starting with "." and the output folder are skipped.
 
 Probe: the file is hashed (blake2b-128, streamed), opened with PyAV, its packets indexed (frame count,
 no decoding) and its first and last frames decoded (`full_decode` decodes all). Frame counts, fps
@@ -493,7 +494,12 @@ def build_catalog(
     files = find_videos(root, extensions, exclude=out)
     annotated = set(source.clips["video_path"].to_pylist()) if source.clips is not None else set()
     known = {f.relative_to(root).as_posix() for f in files}
-    files += sorted(root / p for p in annotated - known if (root / p).exists() or (root / p).is_symlink())
+    # annotated files with other extensions are probed too; paths are relative to the videos root
+    # (absolute ones outside it cannot be cataloged and are reported missing)
+    files += sorted(
+        root / p for p in annotated - known
+        if not Path(p).is_absolute() and ((root / p).exists() or (root / p).is_symlink())
+    )
     present = {f.relative_to(root).as_posix() for f in files}
 
     previous = _previous_rows(out, root)
