@@ -115,6 +115,7 @@ def ablation(
     noise: list[str] = typer.Option(["low", "moderate", "high"], help="Stage-1 noise levels."),
     stage2: list[str] = typer.Option(["consensus"], help="Stage-2 engines."),
     stage3: list[str] = typer.Option(["lexical", "embedding"], help="Stage-3 engines."),
+    fill_gaps: list[int] = typer.Option([0, 2], help="Stage-3 tube completion settings (0: as the paper)."),
     stage2_option: list[str] = typer.Option([], "--stage2-option", help="key=value for LLM stage-2 engines."),
     stage3_option: list[str] = typer.Option([], "--stage3-option", help="key=value for LLM stage-3 engines."),
     split: Optional[str] = typer.Option(None, help="Score only this split."),
@@ -124,7 +125,7 @@ def ablation(
     from annotation.quality import format_table, run_ablation
 
     rows = run_ablation(
-        catalog, gt, out, noise_levels=noise, stage2_engines=stage2, stage3_engines=stage3,
+        catalog, gt, out, noise_levels=noise, stage2_engines=stage2, stage3_engines=stage3, fill_gaps=fill_gaps,
         stage2_options=parse_options(stage2_option, "--stage2-option"),
         stage3_options=parse_options(stage3_option, "--stage3-option"), split=split, shard_size=shard_size,
     )

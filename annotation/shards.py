@@ -153,7 +153,8 @@ def _split_long_clips(clips: pa.Table, clip_seconds: float) -> pa.Table:
 
 
 def load_catalog(catalog_dir: str | Path, clip_seconds: float | None = None) -> Catalog:
-    """CAT/clips.parquet (canonical clips) and CAT/catalog.json (where videos and frame records are)."""
+    """CAT/clips.parquet (canonical clips) and CAT/catalog.json (`videos_root`, which relative video paths
+    resolve against, and `frame_objects`, the synthetic frame records), as `grove data ingest` writes them."""
     root = Path(catalog_dir)
     clips_path = root / "clips.parquet"
     if not clips_path.exists():
@@ -172,7 +173,7 @@ def load_catalog(catalog_dir: str | Path, clip_seconds: float | None = None) -> 
     if len(set(keys)) != len(keys):
         raise ValueError(f"{clips_path}: duplicate clip keys")
     frame_objects = manifest.get("frame_objects")
-    video_root = manifest.get("video_root") or manifest.get("videos") or root
+    video_root = manifest.get("videos_root") or root
     return Catalog(
         root=root,
         clips=clips.sort_by([("key", "ascending")]),

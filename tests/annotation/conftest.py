@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 
 from grove.data.boxes import merge_same_phrase_boxes
+from grove.data.dataset import write_manifest
 from grove.data.schema import box_table, clip_table, write_boxes, write_clips, write_table
 
 WIDTH, HEIGHT, FPS, SECONDS = 64, 48, 10.0, 2.0
@@ -110,6 +111,7 @@ def make_synthetic(root: Path, num_clips: int, corrupt: tuple[int, ...] = ()) ->
     write_boxes(raw, gt_root / "boxes_raw.parquet")
     write_boxes(merge_same_phrase_boxes(raw), gt_root / "boxes_processed.parquet")
     write_table(pa.Table.from_pylist(objects, schema=FRAME_OBJECT_SCHEMA), gt_root / "frame_objects.parquet")
+    write_manifest(gt_root, {"name": "fixture", "kind": "synthetic", "splits": {}})
     write_clips(clip_table(clips), catalog / "clips.parquet")
     (catalog / "catalog.json").write_text(json.dumps({"frame_objects": str(gt_root / "frame_objects.parquet")}))
     return SyntheticFixture(gt_root, catalog, [c["key"] for c in clips])

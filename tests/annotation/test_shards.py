@@ -158,3 +158,14 @@ def test_long_videos_are_split_into_clips(synthetic, tmp_path):
     first = catalog.clips.slice(0, 3).to_pylist()
     assert [(c["clip_start_frame"], c["clip_end_frame"]) for c in first] == [(0, 5), (6, 11), (12, 17)]
     assert json.loads(first[1]["extra"])["parent_clip_id"] == "0"  # (the 2-frame tail is dropped)
+
+
+def test_annotating_a_catalog_from_grove_data_ingest(synthetic, tmp_path):
+    from grove.data.catalog import build_catalog
+
+    build_catalog(synthetic.gt, tmp_path / "catalog", workers=1)
+    catalog = load_catalog(tmp_path / "catalog")
+    assert catalog.frame_objects is not None and catalog.clips.num_rows == 11  # ingest rejected the corrupt video
+    run = annotate(tmp_path / "catalog", tmp_path / "auto", CONFIG, shard_size=20)
+    assert run.shards == 1
+    assert load_dataset(tmp_path / "auto").clips.num_rows == 11
