@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,8 +35,16 @@ def parse_options(items: list[str], flag: str) -> dict[str, Any]:
 
 
 def _progress_printer() -> Any:
+    started: dict[str, float] = {}
+
     def report(what: str, done: int, total: int) -> None:
-        typer.echo(f"{what}: shard {done}/{total}", err=True)
+        if done == 0:
+            started[what] = time.perf_counter()
+            return
+        start = started.get(what, time.perf_counter())
+        elapsed = time.perf_counter() - start
+        eta = elapsed / done * (total - done)
+        typer.echo(f"{what}: shard {done}/{total} ({elapsed:.0f} s, ETA {eta:.0f} s)", err=True)
 
     return report
 

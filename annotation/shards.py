@@ -34,9 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from annotation.records import (
-    CAPTION_SCHEMA,
     FAILURE_SCHEMA,
-    FRAME_SCHEMA,
     ClipFailure,
     ClipFrames,
     VideoCaption,
@@ -60,7 +58,7 @@ DONE = "done.json"
 REJECTS = "rejects.parquet"
 HIERARCHY = "hierarchy.parquet"
 
-ProgressFn = Callable[[str, int, int], None]  # (what, done, total)
+ProgressFn = Callable[[str, int, int], None]  # (what, done, total); done=0 when `what` starts
 
 
 @dataclass(frozen=True)
@@ -526,6 +524,8 @@ def annotate(catalog_dir: str | Path, out_dir: str | Path, config: AnnotatorConf
     results = []
     started = time.perf_counter()
     for stage in STAGES:
+        if progress is not None:
+            progress(f"stage {stage}", 0, len(shards))
         for i, shard in enumerate(shards):
             results.append(annotator.run_stage(stage, shard, force=force))
             if progress is not None:

@@ -3,10 +3,14 @@
 From each frame caption, subject-verb-object clauses with adpositional phrases (svo.py); then
 aggregation into one sentence. Engines:
 - `consensus` (the CPU default, deterministic): clusters the frames' grounded phrases into entities
-  (same head and compatible attributes, or the same attributes under a drifting name), keeps the
-  entities seen in enough frames that act (a non-static verb), else the paper's rule (the human and
-  the most frequent object, or the two most frequent objects), and writes each with its most frequent
-  wording and action.
+  (same head and compatible attributes, or the same attributes under a drifting name) and keeps the
+  entities seen in at least `min_support` of the frames, humans and acting ones first, at most
+  `max_phrases` (`select="all"`, the default); `select="active"` keeps only entities that act (a
+  non-static verb) and otherwise applies the paper's rule (the human and the most frequent object, or
+  the two most frequent objects). Each is written with its most frequent wording and action; an
+  object a human acts on is tagged where the action names it. The paper's rule alone leaves out
+  objects that its ground truth mentions (measured on the synthetic data: the ablation table), so it
+  is not the default.
 - `vllm` / `transformers`: the paper's prompt (prompts/stage2.txt: instructions, two in-context
   examples, per-frame SVO lists, answer `{'CAPTION': ...}`). An answer that is not such a dict, has
   no tags, has broken tags or tags a phrase that names nothing the frames saw gets one repair prompt,
