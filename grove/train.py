@@ -164,6 +164,7 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name != "auto":
         return torch.device(name)
     if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)  # before NCCL init: one GPU per rank
         return torch.device("cuda", local_rank)
     logger.info("no GPU found: training on the CPU (fp32, no gradient checkpointing)")
     return torch.device("cpu")
@@ -344,10 +345,15 @@ def _barrier(dist: DistEnv) -> None:
 
 
 def build_model(model_config: GroveConfig, device: torch.device, gradient_checkpointing: bool) -> GroveModel:
+    """The model to train. Trainable weights are kept in fp32 (the optimiser's master copy; a bf16
+    weight would swallow updates of lr 5e-5), frozen ones in the config's dtype; autocast does the rest."""
     attn = attention_implementation(device)
     if attn is not None:
         model_config = model_config.replace(attn_implementation=attn)
     model = GroveModel.from_config(model_config, device=device)
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
     if gradient_checkpointing:
         model.enable_gradient_checkpointing()
     return model

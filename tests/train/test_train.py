@@ -170,3 +170,12 @@ def test_bad_data_is_named_before_any_training(dataset_dir, tmp_path):
         train(run_config(broken, tmp_path / "b"))
     assert clips[1]["key"] in str(error.value)
     assert not (tmp_path / "b").exists()
+
+
+def test_trainable_weights_are_fp32_master_copies_of_a_bf16_model():
+    from grove.model import GroveConfig
+    from grove.train import build_model
+
+    model = build_model(GroveConfig.tiny(dtype="bfloat16", freezing="paper"), torch.device("cpu"), False)
+    dtypes = {(p.requires_grad, p.dtype) for p in model.parameters()}
+    assert dtypes == {(True, torch.float32), (False, torch.bfloat16)}
