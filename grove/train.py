@@ -360,8 +360,9 @@ def build_model(model_config: GroveConfig, device: torch.device, gradient_checkp
 
 
 def _model_config(config: TrainConfig) -> GroveConfig:
+    """The profile (its randomly initialised parts seeded by the run's seed), or the --init checkpoint's config."""
     if config.init is None:
-        return GroveConfig.from_profile(config.model, **config.model_overrides)
+        return GroveConfig.from_profile(config.model, **{"init_seed": config.seed, **config.model_overrides})
     init_config = GroveConfig.from_json_file(resolve_checkpoint(config.init) / CONFIG_FILE)
     if init_config.profile != config.model:
         logger.warning("--init checkpoint has model profile %r; using it instead of %r", init_config.profile, config.model)

@@ -115,3 +115,17 @@ def test_longest_run():
     assert longest_run(np.array([1, 1, 0, 1, 1], bool)) == (0, 1)
     assert longest_run(np.array([1, 1, 1], bool)) == (0, 2)
     assert longest_run(np.zeros(4, bool)) is None
+
+
+def test_grove_infer_data_writes_what_grove_eval_iground_scores(checkpoint, dataset_dir, tmp_path):
+    preds = tmp_path / "preds.pkl"
+    runner = CliRunner()
+    result = runner.invoke(app, ["infer", "--checkpoint", str(checkpoint), "--data", str(dataset_dir), "--split", "test",
+                                 "--out", str(preds)])
+    assert result.exit_code == 0, result.output
+    good, bad = load_predictions(preds)
+    assert sorted(good) == ["test000_0", "test001_0"] and not bad
+    scored = runner.invoke(app, ["eval", "iground", "--gt", str(dataset_dir), "--pred", str(preds), "--split", "test",
+                                 "--no-captions", "--no-recall", "--json"])
+    assert scored.exit_code == 0, scored.output
+    assert "AP50" in scored.output
