@@ -107,6 +107,43 @@ def _sam2_config(config: GroveConfig) -> Any:
     return Sam2Config(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=dict(config.sam_decoder))
 
 
+def sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
+    """(height, width, dim) 2-D sine-cosine position code (MAE-style): half the channels for y, half for x."""
+    if dim % 4:
+        raise ValueError(f"sine-cosine position code needs a channel count divisible by 4, got {dim}")
+    quarter = dim // 4
+    frequencies = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+    ys = torch.arange(height, dtype=torch.float32)[:, None] * frequencies[None, :]
+    xs = torch.arange(width, dtype=torch.float32)[:, None] * frequencies[None, :]
+    y_code = torch.cat([ys.sin(), ys.cos()], dim=-1)[:, None, :].expand(height, width, -1)
+    x_code = torch.cat([xs.sin(), xs.cos()], dim=-1)[None, :, :].expand(height, width, -1)
+    return torch.cat([y_code, x_code], dim=-1)
+
+
+@torch.no_grad()
+def _init_random_sam_positions(sam: nn.Module, kind: str) -> None:
+    """Fix two position codes of a randomly initialised SAM / SAM2 so that boxes can be learnt from scratch.
+
+    - HF's init leaves the ViT's absolute position embeddings at zero. The decoder reads box
+      coordinates from the image features it attends to (its values carry no position code), so
+      start them from a 2-D sine-cosine code instead.
+    - HF's SamVisionConfig sets the random-Fourier image encoding's scale to hidden_size // 2 (the
+      original SAM uses 1.0); at that scale the decoder's key position code is a per-cell hash.
+    Pretrained weights replace both.
+    """
+    if kind == "sam":
+        pos = sam.vision_encoder.pos_embed
+        if pos is not None and pos.device.type != "meta":
+            pos.copy_(sincos_2d(pos.shape[1], pos.shape[2], pos.shape[3])[None].to(pos.dtype))
+        fourier = sam.shared_image_embedding.positional_embedding
+        if fourier.device.type != "meta":
+            fourier.normal_(0.0, 1.0)
+        return
+    pos = sam.vision_encoder.backbone.pos_embed
+    if pos.device.type != "meta":
+        pos.copy_(sincos_2d(pos.shape[2], pos.shape[3], pos.shape[1]).permute(2, 0, 1)[None].to(pos.dtype))
+
+
 def build_sam(config: GroveConfig, pretrained: bool) -> SamParts:
     """SAM (or SAM2) split into the parts GROVE uses: vision encoder, mask decoder, dense prompt, image PE."""
     from transformers import Sam2Model, SamModel
@@ -125,6 +162,7 @@ def build_sam(config: GroveConfig, pretrained: bool) -> SamParts:
     else:
         sam_config = _sam_config(config) if config.grounding_encoder == "sam" else _sam2_config(config)
         sam = model_class(sam_config)
+        _init_random_sam_positions(sam, config.grounding_encoder)
     if config.grounding_encoder == "sam":
         return SamParts(sam.vision_encoder, sam.mask_decoder, sam.prompt_encoder.no_mask_embed, sam.shared_image_embedding)
     return SamParts(

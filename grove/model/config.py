@@ -127,6 +127,8 @@ class GroveConfig:
                 global_attn_indexes=[1, 3],
                 mlp_ratio=2.0,
                 num_pos_feats=32,
+                # SamVisionConfig's default (1e-10) leaves a randomly initialised ViT dead
+                initializer_range=0.02,
             ),
             sam_decoder=dict(
                 hidden_size=64,
@@ -139,11 +141,12 @@ class GroveConfig:
                 backbone=dict(
                     hidden_size=32,
                     num_attention_heads=1,
-                    blocks_per_stage=[1, 1, 2, 1],
+                    blocks_per_stage=[1, 1, 3, 1],
                     embed_dim_per_stage=[32, 64, 96, 128],
                     num_attention_heads_per_stage=[1, 1, 2, 2],
                     window_size_per_stage=[4, 2, 4, 2],
-                    global_attention_blocks=[2, 4],
+                    # inside a stage, as in Hiera-L: a stage's first block pools and cannot be global
+                    global_attention_blocks=[3, 4],
                     window_positional_embedding_background_size=[4, 4],
                 ),
                 fpn_hidden_size=64,
@@ -201,6 +204,7 @@ class GroveConfig:
                 global_attn_indexes=[7, 15, 23, 31],
                 mlp_ratio=4.0,
                 num_pos_feats=128,
+                initializer_range=0.02,
             ),
             sam_decoder=dict(
                 hidden_size=256,

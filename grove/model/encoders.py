@@ -11,7 +11,7 @@ the working resolution: `resize_sam_position_embeddings` bicubically resizes pre
 64x64 -> 32x32 with align_corners=False; the global blocks' relative ones 127 -> 63 with
 align_corners=True) into new trainable parameters. With `grounding_encoder="sam2"` the Hiera
 backbone of SAM2 takes SAM's place (adapters after its global-attention blocks); the decoder reads
-the lowest-resolution FPN level plus SAM2's no-memory embedding, as SAM2 does for a single image.
+the stride-16 FPN level plus SAM2's no-memory embedding, as SAM2 does for a single image.
 """
 
 from __future__ import annotations
@@ -117,6 +117,9 @@ class Sam2VideoEncoder(nn.Module):
         self.num_frames = num_frames
         backbone = vision.backbone
         self.global_blocks = [int(i) for i in backbone.config.global_attention_blocks]
+        stride16_level = len(backbone.config.blocks_per_stage) - 2
+        if stride16_level not in vision.config.fpn_top_down_levels:
+            raise ValueError(f"SAM2 FPN must have a top-down connection at level {stride16_level} (fpn_top_down_levels)")
         self.adapters = nn.ModuleDict(
             {str(i): SpatioTemporalAdapter(backbone.blocks[i].dim_out, kernel_size) for i in self.global_blocks}
             if adapters
@@ -127,20 +130,27 @@ class Sam2VideoEncoder(nn.Module):
         return ["vision.backbone.pos_embed", "vision.backbone.pos_embed_window"]
 
     def unused_parameter_prefixes(self) -> list[str]:
-        """Only the lowest-resolution FPN level feeds the box decoder."""
-        return [f"vision.neck.convs.{i}." for i in range(1, len(self.vision.neck.convs))]
+        """Only the stride-16 FPN level feeds the box decoder; the stride-4 / 8 laterals serve mask heads."""
+        return [f"vision.neck.convs.{i}." for i in range(2, len(self.vision.neck.convs))]
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (B, T, 3, S, S) -> the stride-16 FPN level (B, T, C, S/16, S/16), as SAM2's image embedding."""
         batch, frames = pixels.shape[:2]
         backbone = self.vision.backbone
         hidden = backbone.patch_embed(pixels.flatten(0, 1).to(backbone.pos_embed.dtype))
         hidden = hidden + backbone._get_pos_embed(hidden.shape[1:3])
+        stage_outputs = []
         for index, block in enumerate(backbone.blocks):
             hidden = block(hidden)
             if str(index) in self.adapters:
                 hidden = self.adapters[str(index)].forward_grid(hidden, frames)
-        # the FPN's top level is a lateral 1x1 conv of the last stage (no top-down term)
-        features = self.vision.neck.convs[0](hidden.permute(0, 3, 1, 2))
+            if index in backbone.stage_ends:
+                stage_outputs.append(hidden)
+        convs = self.vision.neck.convs
+        # SAM2's FPN: the stride-32 lateral, upsampled, is added to the stride-16 lateral (top-down level)
+        top = convs[0](stage_outputs[-1].permute(0, 3, 1, 2))
+        features = convs[1](stage_outputs[-2].permute(0, 3, 1, 2))
+        features = features + F.interpolate(top.float(), scale_factor=2.0, mode="nearest").to(features.dtype)
         features = features + self.no_memory_embedding.reshape(1, -1, 1, 1)
         return features.reshape(batch, frames, *features.shape[1:])
 
@@ -150,7 +160,7 @@ def resize_sam_position_embeddings(vision: nn.Module, image_size: int) -> None:
     """Resize a SAM ViT's absolute and global relative position embeddings to `image_size` input, in place.
 
     The resized tensors become new nn.Parameters (so they are trained like the paper's); windowed
-    blocks keep theirs. Updates `vision.config.image_size`.
+    blocks keep theirs. Updates the encoder's configured input size.
     """
     config = vision.config
     grid = image_size // config.patch_size
@@ -170,3 +180,5 @@ def resize_sam_position_embeddings(vision: nn.Module, image_size: int) -> None:
             resized = F.interpolate(rel[None, None].float(), size=(length, rel.shape[1]), mode="bicubic", align_corners=True)
             setattr(attn, name, nn.Parameter(resized[0, 0].to(rel.dtype)))
     config.image_size = image_size
+    vision.image_size = image_size
+    vision.patch_embed.image_size = (image_size, image_size)
