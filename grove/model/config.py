@@ -41,7 +41,7 @@ class GroveConfig:
     profile: str = "tiny"
     num_frames: int = 8
     global_image_size: int = 64
-    grounding_image_size: int = 96
+    grounding_image_size: int = 128
     grounding_encoder: GroundingEncoder = "sam"
 
     # global encoder: CLIP hidden_states[clip_select_layer] patch tokens, pooled to video_pool (t, h, w)
@@ -93,7 +93,7 @@ class GroveConfig:
         base = dict(
             profile="tiny",
             global_image_size=64,
-            grounding_image_size=96,
+            grounding_image_size=128,
             video_pool=(8, 4, 4),
             clip_adapters=False,
             llm=dict(
@@ -117,14 +117,14 @@ class GroveConfig:
                 hidden_act="quick_gelu",
             ),
             sam=dict(
-                hidden_size=64,
+                hidden_size=48,
                 output_channels=64,
-                num_hidden_layers=4,
+                num_hidden_layers=3,
                 num_attention_heads=4,
-                image_size=96,
-                patch_size=8,
+                image_size=128,
+                patch_size=16,
                 window_size=4,
-                global_attn_indexes=[1, 3],
+                global_attn_indexes=[1, 2],
                 mlp_ratio=2.0,
                 num_pos_feats=32,
                 # SamVisionConfig's default (1e-10) leaves a randomly initialised ViT dead
@@ -132,7 +132,7 @@ class GroveConfig:
             ),
             sam_decoder=dict(
                 hidden_size=64,
-                mlp_dim=256,
+                mlp_dim=128,
                 num_hidden_layers=2,
                 num_attention_heads=4,
                 iou_head_hidden_dim=64,

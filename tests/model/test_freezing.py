@@ -11,7 +11,7 @@ PAPER_TRAINABLE = (
     "grounding_encoder.adapters.",
     "grounding_encoder.vision.pos_embed",
     "grounding_encoder.vision.layers.1.attn.rel_pos_",
-    "grounding_encoder.vision.layers.3.attn.rel_pos_",
+    "grounding_encoder.vision.layers.2.attn.rel_pos_",
     "box_decoder.mask_decoder.",
     "box_head.",
     "objectness_head.",

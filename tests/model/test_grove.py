@@ -94,3 +94,15 @@ def test_paper_profile_builds_on_meta_with_the_expected_sizes():
     # adapters + decoder + heads + projectors + embed_tokens + lm_head + position tables
     assert 470e6 < trainable < 490e6
     assert not any(p.requires_grad for p in model.llm.model.layers.parameters())
+
+
+def test_a_phrase_query_depends_only_on_the_text_before_its_det(tiny_model):
+    tiny_model.eval()
+    batch = _batch(tiny_model)
+    g, d = batch["global_pixels"][0], batch["grounding_pixels"][0]
+    first = tiny_model.ground(g, d, "<p> a red circle </p> [DET] moves past <p> a blue square </p> [DET].")
+    same_prefix = tiny_model.ground(g, d, "<p> a red circle </p> [DET] waits near <p> a green cup </p> [DET].")
+    other_phrase = tiny_model.ground(g, d, "<p> a red square </p> [DET] moves past <p> a blue square </p> [DET].")
+    torch.testing.assert_close(same_prefix.boxes[:, 0], first.boxes[:, 0])
+    assert not torch.allclose(same_prefix.boxes[:, 1], first.boxes[:, 1])
+    assert not torch.allclose(other_phrase.boxes[:, 0], first.boxes[:, 0])
