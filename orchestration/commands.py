@@ -36,10 +36,13 @@ def demo_command(
     profile: str = typer.Option("demo", "--profile", help="params.yaml profile to run."),
 ) -> None:
     """Materialise the whole lineage on the demo profile (reusing what is up to date), then print the metric table."""
+    import logging
+
     from rich.console import Console
 
     from orchestration.demo import run_demo
 
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # MLflow's schema migrations, once per store
     console = Console()
     try:
         result = run_demo(profile, console)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -116,9 +117,9 @@ def _step_printer(console: Any, groups: int):
     def on_step(index: int, outcome: StepOutcome) -> None:
         where = f"[{outcome.partition}]" if outcome.partition else ""
         if outcome.reused:
-            console.print(f"[{index + 1}/{groups}] {outcome.group} {where}: up to date", style="dim")
+            console.print(f"[{index + 1}/{groups}] {outcome.group} {where}: up to date", style="dim", soft_wrap=True, markup=False)
         else:
-            console.print(f"[{index + 1}/{groups}] {outcome.group} {where}: materialised in {outcome.seconds:.1f} s")
+            console.print(f"[{index + 1}/{groups}] {outcome.group} {where}: materialised in {outcome.seconds:.1f} s", soft_wrap=True, markup=False)
 
     return on_step
 
@@ -150,6 +151,8 @@ def run_demo(profile: Profile | str = "demo", console: Any = None, root: Path | 
             partition_syncs=[sync_shard_partitions(profile, paths)],
             tags={"grove/profile": profile.name},
             on_step=_step_printer(console, len(lineage_groups(defs))) if console is not None else None,
+            workers=int(profile.get("orchestration.max_concurrent", 1)),
+            build=functools.partial(build_definitions, profile, root),
         )
         pushed = ""
         if dvc_enabled(profile, root):

@@ -12,9 +12,11 @@ each partition of a group is one run that starts at the group's first stale or m
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import dagster as dg
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
@@ -28,6 +30,7 @@ QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}
 # Called before a group's partitions are listed: keeps dynamic partitions in step with the data
 # upstream of them (e.g. adds the shards of a catalog that was just materialised).
 PartitionSync = Callable[[dg.DagsterInstance], None]
+DefinitionsFactory = Callable[[], dg.Definitions]
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,46 @@ def stale_or_missing(defs: dg.Definitions, instance: dg.DagsterInstance, keys: S
     return [key for key in keys if resolver.get_status(key, partition) in (StaleStatus.MISSING, StaleStatus.STALE)]
 
 
+def _materialize(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    selection: Sequence[dg.AssetKey],
+    partition: str | None,
+    tags: Mapping[str, str] | None,
+    run_config: Mapping | None,
+) -> float:
+    started = time.perf_counter()
+    dg.materialize(
+        list(defs.assets or []) + list(defs.asset_checks or []),
+        selection=dg.AssetSelection.assets(*selection),
+        partition_key=partition,
+        instance=instance,
+        resources=defs.resources,
+        tags={RUN_TAG: "true", **(tags or {})},
+        run_config=run_config if run_config is not None else QUIET_RUN_CONFIG,
+    )
+    return time.perf_counter() - started
+
+
+def _materialize_in_worker(
+    build: DefinitionsFactory,
+    instance_ref: Any,
+    selection: Sequence[str],
+    partition: str | None,
+    tags: Mapping[str, str] | None,
+    run_config: Mapping | None,
+) -> float:
+    """A worker process's run: its own definitions and instance (both rebuilt from picklable recipes)."""
+    instance = dg.DagsterInstance.from_ref(instance_ref)
+    try:
+        keys = [dg.AssetKey.from_user_string(key) for key in selection]
+        return _materialize(build(), instance, keys, partition, tags, run_config)
+    except Exception as exc:  # Dagster's errors do not always survive pickling; their message does
+        raise RuntimeError(f"{', '.join(selection)} [{partition}]: {type(exc).__name__}: {exc}") from None
+    finally:
+        instance.dispose()
+
+
 def materialize_lineage(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
@@ -107,39 +150,70 @@ def materialize_lineage(
     tags: Mapping[str, str] | None = None,
     on_step: Callable[[int, StepOutcome], None] | None = None,
     run_config: Mapping | None = None,
+    workers: int = 1,
+    build: DefinitionsFactory | None = None,
 ) -> LineageReport:
-    """Materialise every asset of `defs` that is missing or stale, group by group, partition by partition."""
-    assets = list(defs.assets or []) + list(defs.asset_checks or [])
+    """Materialise every asset of `defs` that is missing or stale, group by group, partition by partition.
+
+    With `workers` > 1, the partitions of a group run concurrently in that many worker processes,
+    each rebuilding the definitions with `build` (a picklable callable, e.g. a functools.partial of
+    a module-level function); the `gpu` pool still caps how many GPU steps overlap.
+    """
+    if workers > 1 and build is None:
+        raise ValueError("workers > 1 needs `build`, a picklable callable that returns the definitions")
     report = LineageReport()
-    for group_index, group in enumerate(lineage_groups(defs)):
-        for sync in partition_syncs:
-            sync(instance)
-        for partition in partition_keys(group.partitions_def, instance):
-            started = time.perf_counter()
-            stale = set(stale_or_missing(defs, instance, group.keys, partition))
-            first = next((i for i, key in enumerate(group.keys) if key in stale), None)
-            selection = list(group.keys[first:]) if first is not None else []
-            if selection:
-                dg.materialize(
-                    assets,
-                    selection=dg.AssetSelection.assets(*selection),
-                    partition_key=partition,
-                    instance=instance,
-                    resources=defs.resources,
-                    tags={RUN_TAG: "true", **(tags or {})},
-                    run_config=run_config if run_config is not None else QUIET_RUN_CONFIG,
-                )
-            outcome = StepOutcome(
-                group=group.label,
-                partition=partition,
-                materialised=[key.to_user_string() for key in selection],
-                seconds=time.perf_counter() - started,
-                reused=not selection,
-            )
-            report.outcomes.append(outcome)
-            if on_step is not None:
-                on_step(group_index, outcome)
+    pool: ProcessPoolExecutor | None = None
+    try:
+        for group_index, group in enumerate(lineage_groups(defs)):
+            for sync in partition_syncs:
+                sync(instance)
+            todo = []
+            for partition in partition_keys(group.partitions_def, instance):
+                stale = set(stale_or_missing(defs, instance, group.keys, partition))
+                first = next((i for i, key in enumerate(group.keys) if key in stale), None)
+                if first is None:
+                    _record(report, on_step, group_index, StepOutcome(group.label, partition, [], 0.0, True))
+                else:
+                    todo.append((partition, list(group.keys[first:])))
+            if workers > 1 and len(todo) > 1:
+                pool = pool or ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+                _run_concurrently(pool, build, instance, todo, group, group_index, report, on_step, tags, run_config)
+                continue
+            for partition, selection in todo:
+                seconds = _materialize(defs, instance, selection, partition, tags, run_config)
+                names = [key.to_user_string() for key in selection]
+                _record(report, on_step, group_index, StepOutcome(group.label, partition, names, seconds, False))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return report
+
+
+def _run_concurrently(pool, build, instance, todo, group, group_index, report, on_step, tags, run_config) -> None:
+    futures = {
+        pool.submit(_materialize_in_worker, build, instance.get_ref(), [k.to_user_string() for k in selection], partition, tags, run_config): (partition, selection)
+        for partition, selection in todo
+    }
+    failure: BaseException | None = None
+    for future in as_completed(futures):
+        partition, selection = futures[future]
+        try:
+            seconds = future.result()
+        except BaseException as exc:  # let the running partitions finish; nothing done is lost
+            failure = failure or exc
+            for other in futures:
+                other.cancel()
+            continue
+        names = [key.to_user_string() for key in selection]
+        _record(report, on_step, group_index, StepOutcome(group.label, partition, names, seconds, False))
+    if failure is not None:
+        raise failure
+
+
+def _record(report: LineageReport, on_step: Callable[[int, StepOutcome], None] | None, index: int, outcome: StepOutcome) -> None:
+    report.outcomes.append(outcome)
+    if on_step is not None:
+        on_step(index, outcome)
 
 
 def recover_interrupted_runs(instance: dg.DagsterInstance) -> int:

@@ -126,3 +126,19 @@ def test_dvc_yaml_mirrors_the_assets_stages_and_outputs():
     assert out_of("finetune_ft_only") == demo + LAYOUT["finetuned"] + "/ft_only"
     assert out_of("predict@full") == demo + LAYOUT["predictions"] + "/full.json"
     assert out_of("evaluate@medium") == demo + LAYOUT["metrics"] + "/iground/medium.json"
+
+
+FLAG_OF = {"num_workers": "--workers"}  # TrainConfig field -> `grove train` flag, where the names differ
+
+
+def test_dvc_training_stages_pass_every_training_parameter_of_the_profile():
+    """The Dagster assets build TrainConfig from model.<phase>; DVC's `grove train` must get the same values."""
+    profile = load_profile("demo")
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    commands = {"pretrain": stages["pretrain"]["do"]["cmd"], "finetune": stages["finetune"]["do"]["cmd"],
+                "finetune_ft_only": stages["finetune_ft_only"]["cmd"]}
+    for stage, command in commands.items():
+        phase = stage.split("_")[0]
+        for field in profile.get(f"model.{phase}"):
+            flag = FLAG_OF.get(field, "--" + field.replace("_", "-"))
+            assert f"{flag} ${{demo.model.{phase}.{field}}}" in command, (stage, field)

@@ -1,5 +1,8 @@
 """The lineage runner: materialise in order, add dynamic partitions on the way, reuse what is fresh."""
 
+import functools
+import os
+
 import dagster as dg
 import pytest
 
@@ -85,3 +88,49 @@ def test_a_failing_asset_stops_the_lineage_with_its_error(dagster_instance):
         materialize_lineage(dg.Definitions(assets=[fails]), dagster_instance)
     # The failed run is recorded as failed, not left "started".
     assert recover_interrupted_runs(dagster_instance) == 0
+
+
+def recording_defs(log_dir: str, fail_partition: str = "") -> dg.Definitions:
+    """Toy lineage whose assets append to a file: the record survives worker processes."""
+
+    def body(name):
+        def run(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+            partition = context.partition_key if context.has_partition_key else None
+            if partition and partition == fail_partition:
+                raise ValueError(f"{name}: bad clip in {partition}")
+            with open(f"{log_dir}/calls.txt", "a") as handle:
+                handle.write(f"{name} {partition} {os.getpid()}\n")
+            return dg.MaterializeResult(data_version=dg.DataVersion(f"{name}-{partition}"))
+
+        return run
+
+    sizes = dg.StaticPartitionsDefinition(["a", "b", "c"])
+    root = dg.asset(name="root", code_version="1")(body("root"))
+    train = dg.asset(name="train", deps=[root], partitions_def=sizes, code_version="1")(body("train"))
+    score = dg.asset(name="score", deps=[train], partitions_def=sizes, code_version="1")(body("score"))
+    return dg.Definitions(assets=[root, train, score])
+
+
+def test_partitions_of_a_group_run_concurrently_in_worker_processes(dagster_instance, tmp_path):
+    build = functools.partial(recording_defs, str(tmp_path))
+    report = materialize_lineage(build(), dagster_instance, workers=2, build=build)
+    calls = [line.split() for line in (tmp_path / "calls.txt").read_text().splitlines()]
+    assert sorted((name, part) for name, part, _ in calls) == sorted(
+        [("root", "None")] + [(n, p) for n in ("train", "score") for p in "abc"]
+    )
+    workers = {pid for name, _, pid in calls if name != "root"}
+    assert str(os.getpid()) not in workers and 1 <= len(workers) <= 2
+    assert report.materialised == 7
+    again = materialize_lineage(build(), dagster_instance, workers=2, build=build)
+    assert again.materialised == 0
+
+
+def test_a_failing_partition_in_a_worker_fails_the_lineage_after_the_others_finish(dagster_instance, tmp_path):
+    build = functools.partial(recording_defs, str(tmp_path), "b")
+    with pytest.raises(RuntimeError, match=r"train, score \[b\].*bad clip in b"):
+        materialize_lineage(build(), dagster_instance, workers=2, build=build)
+    done = {tuple(line.split()[:2]) for line in (tmp_path / "calls.txt").read_text().splitlines()}
+    assert ("root", "None") in done and ("train", "b") not in done
+    assert recover_interrupted_runs(dagster_instance) == 0
+    with pytest.raises(ValueError, match="needs `build`"):
+        materialize_lineage(build(), dagster_instance, workers=2)

@@ -1,0 +1,148 @@
+"""Every asset group materialised on tiny inputs: `grove demo`'s lineage on the tiny profile (a few
+2-second synthetic clips, one-step training) into a temporary runs root with its own Dagster home
+and MLflow store. One session-wide run (the `tiny_demo` fixture); each test checks one group."""
+
+import json
+
+import dagster as dg
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from grove.data.dataset import load_dataset
+from orchestration.cli import app
+from orchestration.definitions import experiment_name
+from orchestration.demo import run_demo
+from orchestration.resources import LAYOUT, MlflowResource, PipelinePaths
+
+HEADLINE = ("METEOR", "CIDEr", "AP50", "Recall")
+
+
+@pytest.fixture(scope="module")
+def lineage(tiny_demo):
+    result, root = tiny_demo
+    instance = dg.DagsterInstance.from_config(str(root / LAYOUT["dagster_home"]))
+    yield result, root, PipelinePaths(root=str(root)), instance
+    instance.dispose()
+
+
+def latest(instance: dg.DagsterInstance, key: str, partition: str | None = None) -> dg.AssetMaterialization:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(key), asset_partitions=[partition] if partition else None), limit=1
+    ).records
+    assert records, f"{key}[{partition}] was never materialised"
+    return records[0].asset_materialization
+
+
+def check_passed(instance: dg.DagsterInstance, key: str, name: str, partition: str | None = None) -> bool:
+    history = instance.event_log_storage.get_asset_check_execution_history(dg.AssetCheckKey(dg.AssetKey(key), name), limit=20)
+    evaluations = [r.event.asset_check_evaluation for r in history if r.event and r.event.asset_check_evaluation]
+    evaluations = [e for e in evaluations if partition is None or e.partition == partition] or evaluations
+    assert evaluations, f"check {key}:{name} never ran"
+    return evaluations[0].passed
+
+
+def test_raw_videos_group(lineage):
+    _, _, paths, instance = lineage
+    synthetic = load_dataset(paths.path("synthetic"))
+    assert sorted(synthetic.splits) == ["pool", "test", "train", "val"] and synthetic.clips.num_rows == 13
+    catalog = latest(instance, "pool_catalog")
+    assert catalog.metadata["videos"].value == 13 and catalog.metadata["rejects"].value == 0
+    assert pq.read_table(paths.path("catalog") / "catalog.parquet").num_rows == 13
+    assert latest(instance, "synthetic_dataset").tags["dagster/data_version"].endswith(".dir")  # a DVC hash
+
+
+def test_annotation_group_partitions_by_shard_and_checks_every_shard(lineage):
+    _, _, paths, instance = lineage
+    shards = instance.get_dynamic_partitions("annotation_shards")
+    assert shards == ["shard-00000", "shard-00001"]  # 13 clips, 8 a shard
+    for shard in shards:
+        stage3 = latest(instance, "stage3_grounded_clips", shard)
+        assert stage3.metadata["clips"].value >= 1
+        for check in ("stage3_schema", "stage3_captions_non_empty", "stage3_boxes_inside_frame"):
+            assert check_passed(instance, "stage3_grounded_clips", check, shard)
+        assert check_passed(instance, "stage2_video_captions", "stage2_fallback_rate", shard)
+    pool = load_dataset(paths.path("annotation"))
+    assert pool.clips.num_rows == latest(instance, "annotated_pool").metadata["clips"].value > 0
+    quality = json.loads(paths.path("reports", "annotation_quality.json").read_text())
+    assert all(quality[name] is not None for name in HEADLINE) and "naive" in quality
+
+
+def test_benchmarks_group_is_a_dataset_folder_of_its_own(lineage):
+    _, _, paths, _ = lineage
+    iground = load_dataset(paths.path("iground"))
+    assert sorted(iground.splits) == ["test", "train", "val"]
+    assert all(iground.video_file(p).exists() for p in iground.clips["video_path"].to_pylist())
+
+
+def test_scaling_group_draws_nested_subsets_of_the_pool_split(lineage):
+    _, _, paths, instance = lineage
+    subset = load_dataset(paths.path("subsets", "s"))
+    assert subset.clips.num_rows == 4 and subset.splits == ["pool"]
+    assert set(subset.clips["key"].to_pylist()) <= set(load_dataset(paths.path("annotation")).clips["key"].to_pylist())
+    assert all(subset.video_file(p).exists() for p in subset.clips["video_path"].to_pylist())
+    assert latest(instance, "pretraining_subset", "s").metadata["clips"].value == 4
+
+
+def test_models_group_trains_through_pipes_into_mlflow(lineage):
+    result, root, paths, instance = lineage
+    mlflow = MlflowResource.local(root, experiment_name(result.profile))
+    for key, partition in (("pretrained_model", "s"), ("finetuned_model", "s"), ("finetuned_model", "ft_only")):
+        materialization = latest(instance, key, partition)
+        assert (paths.path("pretrained" if key == "pretrained_model" else "finetuned", partition) / "train_config.json").exists()
+        assert materialization.metadata["steps"].value == 1  # reported by the Pipes process
+        run = mlflow.latest_run(key, partition)
+        assert run.data.tags["dagster.code_version"] and run.data.tags["dvc.output"] == materialization.tags["dagster/data_version"]
+        assert run.data.params["max_steps"] == "1"
+        assert mlflow.client().get_metric_history(run.info.run_id, "train/loss")  # the curve sent over Pipes
+    finetune_config = json.loads((paths.path("finetuned", "s") / "train_config.json").read_text())
+    assert finetune_config["init"] == str(paths.path("pretrained", "s"))
+    assert json.loads((paths.path("finetuned", "ft_only") / "train_config.json").read_text())["init"] is None
+    champion = mlflow.client().get_model_version_by_alias(mlflow.registered_model, "champion")
+    assert champion.tags["partition"] == latest(instance, "champion_model").metadata["chosen"].value
+
+
+def test_evaluation_group_scores_every_variant_and_draws_the_curve(lineage):
+    result, _, paths, instance = lineage
+    for variant in ("s", "ft_only"):
+        report = json.loads(paths.path("metrics", "iground", f"{variant}.json").read_text())
+        assert set(HEADLINE) <= set(report["metrics"]) and report["counts"]["scored"] == 2
+        assert check_passed(instance, "iground_metrics", "metrics_finite_in_range", variant)
+    with duckdb.connect(str(paths.path("metrics", "metrics.duckdb")), read_only=True) as con:
+        assert con.execute("select count(distinct checkpoint) from metrics").fetchone()[0] == 2
+    assert result.plot.exists() and result.plot.stat().st_size > 1000
+    assert [row.label for row in result.rows] == ["s (4)", "FT-only"]
+
+
+def test_a_second_demo_reuses_everything(lineage, tiny_profile):
+    result, root, _, _ = lineage
+    again = run_demo(tiny_profile, root=root)
+    assert again.report.materialised == 0 and again.report.reused == len(again.report.outcomes)
+    assert [row.metrics for row in again.rows] == [row.metrics for row in result.rows]
+
+
+def test_compare_prints_metrics_by_partition(lineage, tiny_profile, monkeypatch):
+    _, root, _, _ = lineage
+    monkeypatch.setenv("GROVE_RUNS", str(root))
+    output = CliRunner().invoke(app, ["compare", "--profile", "tiny", "--params", str(tiny_profile.params_file)])
+    assert output.exit_code == 0, output.output
+    lines = [line for line in output.output.splitlines() if line.strip()]
+    assert any(" s " in line for line in lines) and any("ft_only" in line for line in lines)
+    assert all(name in output.output for name in HEADLINE)
+
+
+def test_dvc_side_commands_rebuild_byte_identical_subsets_and_the_same_curve(lineage, tiny_profile, monkeypatch):
+    """`grove pipeline ...` (what dvc.yaml runs) writes what the assets wrote: same seed, same subset."""
+    _, root, paths, _ = lineage
+    subset_files = {name: (paths.path("subsets", "s") / name).read_bytes() for name in ("clips.parquet", "boxes_processed.parquet")}
+    table = json.loads(paths.path("reports", "data_scaling.json").read_text())
+    monkeypatch.setenv("GROVE_RUNS", str(root))
+    params = ["--profile", "tiny", "--params", str(tiny_profile.params_file)]
+    for command in (["pipeline", "subset", "--size", "s"], ["pipeline", "curve"]):
+        output = CliRunner().invoke(app, [*command, *params])
+        assert output.exit_code == 0, output.output
+    assert {name: (paths.path("subsets", "s") / name).read_bytes() for name in subset_files} == subset_files
+    assert json.loads(paths.path("reports", "data_scaling.json").read_text()) == table
+    refused = CliRunner().invoke(app, ["pipeline", "subset", "--size", "huge", *params])
+    assert refused.exit_code == 1 and "has no size 'huge'" in refused.output
