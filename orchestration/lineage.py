@@ -189,7 +189,19 @@ def materialize_lineage(
     return report
 
 
-def _run_concurrently(pool, build, instance, todo, group, group_index, report, on_step, tags, run_config) -> None:
+def _run_concurrently(
+    pool: ProcessPoolExecutor,
+    build: DefinitionsFactory | None,
+    instance: dg.DagsterInstance,
+    todo: list[tuple[str | None, list[dg.AssetKey]]],
+    group: Group,
+    group_index: int,
+    report: LineageReport,
+    on_step: Callable[[int, StepOutcome], None] | None,
+    tags: Mapping[str, str] | None,
+    run_config: Mapping | None,
+) -> None:
+    """Each partition's run in a worker; a failure is raised once the runs already started have ended."""
     futures = {
         pool.submit(_materialize_in_worker, build, instance.get_ref(), [k.to_user_string() for k in selection], partition, tags, run_config): (partition, selection)
         for partition, selection in todo

@@ -36,6 +36,7 @@ LAYOUT: dict[str, str] = {
     "catalog": "catalog/pool",
     "annotation": "annotation/pool",
     "iground": "benchmarks/iground",
+    "benchmarks": "benchmarks",
     "subsets": "subsets",
     "pretrained": "checkpoints/pretrain",
     "finetuned": "checkpoints/finetune",
