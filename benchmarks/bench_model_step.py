@@ -78,7 +78,9 @@ def main() -> None:
     parts = {
         "global encoder (CLIP + pool + VL)": part(lambda: model.encode_video(batch["global_pixels"])),
         "grounding encoder (SAM + adapters)": part(lambda: model.grounding_encoder(batch["grounding_pixels"])),
-        f"box decoder ({args.phrases} phrases x 8 frames)": part(lambda: model.decode_boxes(features, queries)[0]),
+        f"box decoder ({args.phrases} phrases x 8 frames, {model.config.box_readout} readout)": part(
+            lambda: model.decode_boxes(features, queries, batch["grounding_pixels"])[0]
+        ),
         f"LLM ({seq} positions)": part(lambda: model.llm.model(inputs_embeds=embeds).last_hidden_state),
         "processor (1 clip)": lambda: processor(frames, caption, names, boxes=boxes),
     }

@@ -144,6 +144,25 @@ def _init_random_sam_positions(sam: nn.Module, kind: str) -> None:
         pos.copy_(sincos_2d(pos.shape[2], pos.shape[3], pos.shape[1]).permute(2, 0, 1)[None].to(pos.dtype))
 
 
+@torch.no_grad()
+def _init_random_decoder(decoder: nn.Module) -> None:
+    """Glorot-uniform Linear layers with zero bias, PyTorch's default conv init (config.decoder_init).
+
+    transformers initialises every SAM Linear / conv with N(0, initializer_range=0.02): at the tiny
+    decoder width (64) each layer then scales its input by ~0.16, and the mask logits of the
+    hypernetwork . upscaled-embedding product start at ~1e-4, where the gradients vanish too.
+    """
+    if any(parameter.device.type == "meta" for parameter in decoder.parameters()):
+        return  # nothing allocated (the paper build counts parameters on the meta device)
+    for module in decoder.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            module.reset_parameters()
+
+
 def build_sam(config: GroveConfig, pretrained: bool) -> SamParts:
     """SAM (or SAM2) split into the parts GROVE uses: vision encoder, mask decoder, dense prompt, image PE."""
     from transformers import Sam2Model, SamModel
@@ -163,6 +182,8 @@ def build_sam(config: GroveConfig, pretrained: bool) -> SamParts:
         sam_config = _sam_config(config) if config.grounding_encoder == "sam" else _sam2_config(config)
         sam = model_class(sam_config)
         _init_random_sam_positions(sam, config.grounding_encoder)
+        if config.decoder_init == "xavier":
+            _init_random_decoder(sam.mask_decoder)
     if config.grounding_encoder == "sam":
         return SamParts(sam.vision_encoder, sam.mask_decoder, sam.prompt_encoder.no_mask_embed, sam.shared_image_embedding)
     return SamParts(

@@ -17,6 +17,36 @@ embeddings, the box decoder, both heads, both projectors and the LLM's `embed_to
 `freezing="full"` trains everything the forward pass uses (the `tiny` default: a randomly initialised
 backbone has nothing to keep frozen). Table 6's ablations: `unfreeze=False` also freezes the box
 decoder and the VL/LQ projectors; `sam_adapters=False` removes the adapters.
+
+Box readout (how a box comes out of the SAM decoder; box_decoder.py):
+- `box_readout="query_mlp"` (the paper, grove_spec 1.6): the box head (MLP -> sigmoid cxcywh) on
+  the query token's output. With a pretrained SAM + GLaMM decoder this localises from the start; from
+  random weights the MLP must untangle position from image content first, which the tiny model does
+  not manage in a few CPU minutes (AP50 ~0 after 2000 steps).
+- `box_readout="mask"` (the `tiny` default): SAM's own localisation path, as LISA / GLaMM use it.
+  Mask logits = hypernetwork(mask token 0 output + the query) . upscaled image embedding; the box is
+  the soft-argmax centre and the soft extent (sqrt(12 var), the width of a uniform box of that
+  variance) of the softmax over the frame's mask cells. Position is then given by the mask grid, not
+  learnt. Options that help a randomly initialised model learn it (measured in
+  benchmarks/bench_learning.py; each off in `paper()`):
+  - `mask_pixel_features`: high-resolution features for the mask, as SAM2's `conv_s0` adds stride-4
+    backbone features to the upscaled embedding; a plain ViT has none, so a small stride-4 conv stem
+    reads them from the grounding pixels (a 16 px token averages a 20 px object into the background).
+  - `mask_loss_weight`: a BCE term on the mask logits against the GT box rasterised onto the mask grid
+    (each cell's covered fraction): SAM's decoder is pre-trained on masks; from scratch, the boxes
+    are the only masks there are. The filled box is also the mask whose soft moments give the box.
+  - `decoder_init="xavier"`: Glorot-uniform Linear layers (zero bias) and PyTorch's default conv init
+    in a randomly initialised SAM decoder. transformers' N(0, 0.02) suits width 256+ checkpoints that
+    get overwritten; at width 64 it shrinks the signal ~6x per layer and leaves the mask logits ~1e-4.
+    Pretrained decoders (`sam_source`) are never re-initialised.
+
+Query (grove_spec 1.5): the hidden state just before each [DET]. `query_phrase_pooling` adds the
+mean of the phrase's own tokens (between its `<p>` and `</p>`) before the LQ projector: "hidden"
+(their last hidden states; the `tiny` default) or "embedding" (their input embeddings), "none" in
+`paper()`. A pretrained LLM already writes the phrase into the state at `</p>`; a randomly
+initialised one does not for thousands of steps, and every phrase of a frame got the same box
+(measured: near-identical boxes for all phrases of a clip after 1,000 steps).
+Mask-loss option `mask_dice_weight`: GLaMM's / LISA's dice term beside the BCE one (losses.py).
 """
 
 from __future__ import annotations
@@ -30,10 +60,18 @@ from typing import Any, Literal
 
 GroundingEncoder = Literal["sam", "sam2"]
 Freezing = Literal["paper", "full"]
+BoxReadout = Literal["query_mlp", "mask"]
+DecoderInit = Literal["hf", "xavier"]
+QueryPooling = Literal["none", "hidden", "embedding"]
 
 PROFILES = ("tiny", "paper")
 FREEZING_MODES = ("paper", "full")
 GROUNDING_ENCODERS = ("sam", "sam2")
+BOX_READOUTS = ("query_mlp", "mask")
+DECODER_INITS = ("hf", "xavier")
+QUERY_POOLINGS = ("none", "hidden", "embedding")
+# the options that only box_readout="mask" uses, at their "off" values
+MASK_ONLY_OFF = {"mask_pixel_features": False, "mask_loss_weight": 0.0, "mask_dice_weight": 0.0}
 
 
 @dataclass
@@ -73,6 +111,15 @@ class GroveConfig:
     tobj_weight: float = 2.0
     use_objectness: bool = True
     objectness_threshold: float = 0.5
+
+    # how the box is read from the decoder (module docstring): the paper's MLP or SAM's mask
+    box_readout: BoxReadout = "query_mlp"
+    mask_pixel_features: bool = False
+    mask_loss_weight: float = 0.0
+    mask_dice_weight: float = 0.0
+    # query = hidden state before [DET] + the mean hidden state of its phrase's tokens (module docstring)
+    query_phrase_pooling: QueryPooling = "none"
+    decoder_init: DecoderInit = "hf"
 
     freezing: Freezing = "full"
     unfreeze: bool = True
@@ -155,8 +202,17 @@ class GroveConfig:
             tiny_vocab_size=8192,
             max_length=512,
             freezing="full",
+            # a random-init decoder localises through SAM's mask path (module docstring)
+            box_readout="mask",
+            mask_pixel_features=True,
+            mask_loss_weight=2.0,
+            decoder_init="xavier",
+            mask_dice_weight=2.0,
+            query_phrase_pooling="hidden",
         )
         base.update(overrides)
+        if base["box_readout"] != "mask":  # tiny(box_readout="query_mlp"): the mask-only options go too
+            base.update({k: v for k, v in MASK_ONLY_OFF.items() if k not in overrides})
         return cls(**base)
 
     @classmethod
@@ -255,6 +311,11 @@ class GroveConfig:
         return int(self.sam_decoder.get("hidden_size", 256))
 
     @property
+    def mask_size(self) -> int:
+        """Side of SAM's mask logits: the feature grid upscaled 4x by the decoder's two transposed convs."""
+        return 4 * self.grounding_feature_size
+
+    @property
     def grounding_feature_size(self) -> int:
         """Side of the grounding feature map the decoder attends to (stride 16 for SAM2's lowest level)."""
         if self.grounding_encoder == "sam":
@@ -280,6 +341,24 @@ class GroveConfig:
             raise ValueError(f"grounding_image_size {self.grounding_image_size} must be a multiple of 32 for SAM2")
         if self.sam.get("num_pos_feats", 128) * 2 != self.decoder_dim:
             raise ValueError("sam.num_pos_feats * 2 must equal sam_decoder.hidden_size (the image PE width)")
+        self._validate_readout()
+
+    def _validate_readout(self) -> None:
+        if self.box_readout not in BOX_READOUTS:
+            raise ValueError(f"box_readout must be one of {BOX_READOUTS}, got {self.box_readout!r}")
+        if self.query_phrase_pooling not in QUERY_POOLINGS:
+            raise ValueError(f"query_phrase_pooling must be one of {QUERY_POOLINGS}, got {self.query_phrase_pooling!r}")
+        if self.decoder_init not in DECODER_INITS:
+            raise ValueError(f"decoder_init must be one of {DECODER_INITS}, got {self.decoder_init!r}")
+        if self.mask_loss_weight < 0 or self.mask_dice_weight < 0:
+            raise ValueError(f"mask loss weights must be >= 0, got {self.mask_loss_weight}, {self.mask_dice_weight}")
+        if self.box_readout != "mask" and (self.mask_pixel_features or self.mask_loss_weight > 0 or self.mask_dice_weight > 0):
+            raise ValueError("mask_pixel_features, mask_loss_weight and mask_dice_weight need box_readout='mask'")
+        if self.mask_pixel_features and self.grounding_image_size % (4 * self.grounding_feature_size):
+            raise ValueError(
+                f"mask_pixel_features: grounding_image_size {self.grounding_image_size} is not a multiple of the "
+                f"mask grid {4 * self.grounding_feature_size}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

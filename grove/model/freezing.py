@@ -8,9 +8,9 @@ the CLIP and SAM backbones, SAM's prompt-encoder parts, every LLM transformer la
 `freezing="full"`: everything the forward pass uses trains (the tiny default: a randomly initialised
 backbone is worthless frozen).
 In every mode the parameters that the forward pass never uses (CLIP layers after the selected one,
-SAM's mask upscaling / hypernetworks / IoU head, SAM2's unused FPN levels, the objectness head when
-objectness is off) are frozen: they would get no gradient, which DDP rejects without
-find_unused_parameters.
+SAM's mask upscaling / hypernetworks / IoU head in query mode, the box head in mask mode, SAM2's
+unused FPN levels, the objectness head when objectness is off) are frozen: they would get no
+gradient, which DDP rejects without find_unused_parameters.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ def unused_parameter_prefixes(model: nn.Module, config: GroveConfig) -> list[str
     prefixes += [f"box_decoder.{p}" for p in model.box_decoder.unused_parameter_prefixes()]
     if not config.use_objectness:
         prefixes.append("objectness_head.")
+    if config.box_readout == "mask":
+        prefixes.append("box_head.")  # the box comes from the mask
     return prefixes
 
 
@@ -43,7 +45,7 @@ def paper_trainable_prefixes(model: nn.Module, config: GroveConfig) -> list[str]
     prefixes += [f"grounding_encoder.{name}" for name in model.grounding_encoder.position_parameter_names()]
     prefixes += ["llm.model.embed_tokens.", "llm.lm_head."]
     if config.unfreeze:
-        prefixes += ["box_decoder.mask_decoder.", "vl_projector.", "lq_projector."]
+        prefixes += ["box_decoder.mask_decoder.", "box_decoder.pixel_features.", "vl_projector.", "lq_projector."]
     return prefixes
 
 

@@ -5,7 +5,8 @@
     hidden state just before each [DET] -> LQ projector -> one query per phrase
     grounding_pixels (B,T,3,Sd,Sd) -> SAM ViT + adapters after its global blocks -> (B,T,C,s,s)
     per (frame, phrase): SAM two-way decoder with the query as the sparse prompt -> box head (sigmoid
-        normalised cxcywh) and objectness head (logit)
+        normalised cxcywh) and objectness head (logit); with config.box_readout="mask" the box is
+        read from SAM's mask logits instead (box_decoder.mask_to_box)
 
 Interface (stable; what training and inference build on):
 - `GroveModel.from_config(config, device="cpu", tokenizer=None, pretrained=True)`; `model.processor` is
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import nn
 
-from grove.model.box_decoder import BoxDecoder
+from grove.model.box_decoder import BoxDecoder, DecoderOutput, PixelFeatures, content_extent, mask_to_box
 from grove.model.components import build_clip, build_llm, build_sam, torch_dtype
 from grove.model.config import GroveConfig
 from grove.model.encoders import GlobalVideoEncoder, Sam2VideoEncoder, SamVideoEncoder
@@ -38,7 +39,7 @@ from grove.model.freezing import FreezeSummary, apply_freezing
 from grove.model.heads import BoxHead, LQProjector, ObjectnessHead, VLProjector
 from grove.model.losses import IGNORE_INDEX, LossWeights, causal_lm_loss, grove_loss
 from grove.model.processor import INFERENCE_QUESTION, GroveProcessor, parse_answer
-from grove.model.sequence import det_query_positions, expand_video_tokens, gather_positions
+from grove.model.sequence import det_query_positions, expand_video_tokens, gather_positions, phrase_means
 from grove.model.tokenizer import load_tokenizer, token_ids
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ class GroveOutput:
     losses: dict[str, torch.Tensor]
     pred_boxes: torch.Tensor  # (B, T, P, 4) normalised cxcywh
     objectness_logits: torch.Tensor  # (B, T, P)
+    mask_logits: torch.Tensor | None = None  # (B, T, P, H, W) on the padded SAM canvas (mask readout)
 
 
 @dataclass
@@ -102,11 +104,16 @@ class GroveModel(nn.Module):
                 sam.image_positional_embedding,
                 config.grounding_feature_size,
                 config.grounding_encoder,
+                config.box_readout,
+                _pixel_features(config),
             )
             self.lq_projector = LQProjector(llm_dim, config.decoder_dim)
             self.box_head = BoxHead(config.decoder_dim)
             self.objectness_head = ObjectnessHead(config.decoder_dim)
-        self.loss_weights = LossWeights(config.ce_weight, config.giou_weight, config.l1_weight, config.tobj_weight)
+        self.loss_weights = LossWeights(
+            config.ce_weight, config.giou_weight, config.l1_weight, config.tobj_weight, config.mask_loss_weight,
+            config.mask_dice_weight,
+        )
         self.freeze_summary: FreezeSummary = apply_freezing(self, config)
 
     @classmethod
@@ -140,16 +147,30 @@ class GroveModel(nn.Module):
             features = self.global_encoder(global_pixels)
         return self.vl_projector(features.to(self.vl_projector[0].weight.dtype))
 
-    def decode_boxes(self, features: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """features (B,T,C,s,s), queries (B,P,C) -> boxes (B,T,P,4), objectness logits (B,T,P)."""
+    def decode_boxes(
+        self, features: torch.Tensor, queries: torch.Tensor, grounding_pixels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (B,T,C,s,s), queries (B,P,C) -> boxes (B,T,P,4), objectness logits (B,T,P).
+        The mask readout also needs the grounding pixels (B,T,3,S,S): the frame's extent on the canvas."""
+        decoded = self._decode(features, queries, grounding_pixels)
+        return decoded.boxes, decoded.logits
+
+    def _decode(self, features: torch.Tensor, queries: torch.Tensor, grounding_pixels: torch.Tensor | None) -> "_Decoded":
         batch, frames = features.shape[:2]
         phrases = queries.shape[1]
         if phrases == 0:
-            return queries.new_zeros(batch, frames, 0, 4), queries.new_zeros(batch, frames, 0)
-        decoded = self.box_decoder(features.flatten(0, 1), queries.repeat_interleave(frames, dim=0))
-        boxes = self.box_head(decoded).reshape(batch, frames, phrases, 4)
-        logits = self.objectness_head(decoded).reshape(batch, frames, phrases)
-        return boxes, logits
+            return _Decoded(queries.new_zeros(batch, frames, 0, 4), queries.new_zeros(batch, frames, 0))
+        pixels = grounding_pixels.flatten(0, 1) if grounding_pixels is not None else None
+        decoded: DecoderOutput = self.box_decoder(features.flatten(0, 1), queries.repeat_interleave(frames, dim=0), pixels)
+        logits = self.objectness_head(decoded.query).reshape(batch, frames, phrases)
+        if decoded.masks is None:
+            return _Decoded(self.box_head(decoded.query).reshape(batch, frames, phrases, 4), logits)
+        if pixels is None:
+            raise ValueError("the mask box readout needs the grounding pixels (the frame's extent on the canvas)")
+        extent = content_extent(pixels)
+        boxes = mask_to_box(decoded.masks, extent).reshape(batch, frames, phrases, 4)
+        masks = decoded.masks.reshape(batch, frames, phrases, *decoded.masks.shape[-2:])
+        return _Decoded(boxes, logits, masks, extent.reshape(batch, frames, 2))
 
     def _llm_hidden(self, input_ids, attention_mask, labels, global_pixels):
         video = self.encode_video(global_pixels)
@@ -159,9 +180,16 @@ class GroveModel(nn.Module):
         ).last_hidden_state
         return hidden, expanded
 
-    def _queries(self, hidden: torch.Tensor, expanded_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        positions, valid = det_query_positions(expanded_ids, self._require_det_id())
-        return self.lq_projector(gather_positions(hidden, positions)), valid
+    def _queries(self, hidden: torch.Tensor, expanded) -> tuple[torch.Tensor, torch.Tensor]:
+        """expanded: the ExpandedInputs the LLM read (its ids; its embeddings for phrase pooling)."""
+        ids = self._require_processor().ids
+        positions, valid = det_query_positions(expanded.input_ids, ids.det)
+        states = gather_positions(hidden, positions)
+        pooling = self.config.query_phrase_pooling
+        if pooling != "none":
+            source = hidden if pooling == "hidden" else expanded.inputs_embeds.to(hidden.dtype)
+            states = states + phrase_means(source, expanded.input_ids, ids.p_start, ids.p_end, positions.shape[1])
+        return self.lq_projector(states), valid
 
     def _require_det_id(self) -> int:
         return self._require_processor().ids.det
@@ -173,7 +201,7 @@ class GroveModel(nn.Module):
         supervised = targets != IGNORE_INDEX
         ce = causal_lm_loss(self.llm.lm_head(hidden[:, :-1][supervised]), targets[supervised])
 
-        queries, valid = self._queries(hidden, expanded.input_ids)
+        queries, valid = self._queries(hidden, expanded)
         phrase_mask = batch["phrase_mask"]
         if valid.shape != phrase_mask.shape or not bool((valid == phrase_mask).all()):
             raise ValueError(
@@ -181,18 +209,20 @@ class GroveModel(nn.Module):
                 "the j-th [DET] must pair with the j-th phrase"
             )
         features = self.grounding_encoder(batch["grounding_pixels"])
-        pred_boxes, logits = self.decode_boxes(features, queries.to(features.dtype))
+        decoded = self._decode(features, queries.to(features.dtype), batch["grounding_pixels"])
         loss, losses = grove_loss(
             ce,
-            pred_boxes,
-            logits,
+            decoded.boxes,
+            decoded.logits,
             batch["gt_boxes"],
             batch["gt_present"],
             phrase_mask,
             self.loss_weights,
             self.config.use_objectness,
+            decoded.masks,
+            decoded.extent,
         )
-        return GroveOutput(loss, {k: v.detach() for k, v in losses.items()}, pred_boxes, logits)
+        return GroveOutput(loss, {k: v.detach() for k, v in losses.items()}, decoded.boxes, decoded.logits, decoded.masks)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -263,9 +293,10 @@ class GroveModel(nn.Module):
             attention[b, : len(row)] = 1
         device = self.device
         hidden, expanded = self._llm_hidden(input_ids.to(device), attention.to(device), None, g_pixels.to(device))
-        queries, valid = self._queries(hidden, expanded.input_ids)
-        features = self.grounding_encoder(d_pixels.to(device))
-        boxes, logits = self.decode_boxes(features, queries.to(features.dtype))
+        queries, valid = self._queries(hidden, expanded)
+        d_pixels = d_pixels.to(device)
+        features = self.grounding_encoder(d_pixels)
+        boxes, logits = self.decode_boxes(features, queries.to(features.dtype), d_pixels)
         phrases = [list(parse_answer(t).phrases) for t in texts]
         for b, count in enumerate(valid.sum(1).tolist()):
             if len(phrases[b]) != count:
@@ -311,6 +342,21 @@ class GroveModel(nn.Module):
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+@dataclass
+class _Decoded:
+    boxes: torch.Tensor  # (B, T, P, 4)
+    logits: torch.Tensor  # (B, T, P)
+    masks: torch.Tensor | None = None  # (B, T, P, H, W)
+    extent: torch.Tensor | None = None  # (B, T, 2)
+
+
+def _pixel_features(config: GroveConfig) -> PixelFeatures | None:
+    """The mask path's stride-4 pixel features (config.mask_pixel_features), at the mask grid."""
+    if not config.mask_pixel_features:
+        return None
+    return PixelFeatures(config.decoder_dim // 8, config.grounding_image_size // config.mask_size)
 
 
 def _per_clip(answer, batch: int) -> list:

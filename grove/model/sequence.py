@@ -93,6 +93,22 @@ def det_query_positions(input_ids: torch.Tensor, det_token_id: int) -> tuple[tor
     return positions, valid
 
 
+def phrase_means(hidden: torch.Tensor, input_ids: torch.Tensor, p_start_id: int, p_end_id: int, count: int) -> torch.Tensor:
+    """Mean hidden state of the tokens inside each `<p> ... </p>` span, in order: (B, L, D) -> (B, count, D).
+
+    Span j is the j-th `<p>`; its tokens lie after it and before the next `</p>`. A missing span
+    gives zeros. (The j-th [DET] follows the j-th span's `</p>`, so span j pairs with query j.)
+    """
+    opened = (input_ids == p_start_id).cumsum(dim=1)
+    closed = (input_ids == p_end_id).cumsum(dim=1)
+    inside = (opened > closed) & (input_ids != p_start_id) & (opened <= count)
+    span = (opened - 1).clamp(min=0, max=max(count - 1, 0))
+    weights = torch.zeros(input_ids.shape[0], max(count, 1), input_ids.shape[1], dtype=hidden.dtype, device=hidden.device)
+    weights.scatter_(1, span[:, None, :], inside[:, None, :].to(hidden.dtype))
+    weights = weights[:, :count] / weights[:, :count].sum(dim=-1, keepdim=True).clamp(min=1)
+    return weights @ hidden
+
+
 def gather_positions(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """hidden (B, L, D), positions (B, P) -> (B, P, D)."""
     return hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))

@@ -39,7 +39,7 @@ def test_query_output_equals_sam_mask_decoder_with_the_query_as_sparse_prompt():
             dense_prompt_embeddings=dense,
             multimask_output=False,
         )
-        ours = decoder(features, queries)
+        ours = decoder(features, queries).query
     hook.remove()
     # tokens are [iou, 4 masks, query]: the query token's output is the last one
     torch.testing.assert_close(ours, captured["tokens"][:, :, 5, :])
@@ -50,13 +50,13 @@ def test_each_frame_and_phrase_is_decoded_independently():
     features = torch.randn(2, 16, 8, 8)
     queries = torch.randn(2, 3, 16)
     with torch.no_grad():
-        base = decoder(features, queries)
+        base = decoder(features, queries).query
         other_phrase = queries.clone()
         other_phrase[:, 2] = torch.randn(2, 16)
-        changed_query = decoder(features, other_phrase)
+        changed_query = decoder(features, other_phrase).query
         other_frame = features.clone()
         other_frame[1] = torch.randn(16, 8, 8)
-        changed_frame = decoder(other_frame, queries)
+        changed_frame = decoder(other_frame, queries).query
     torch.testing.assert_close(changed_query[:, :2], base[:, :2])
     assert not torch.allclose(changed_query[:, 2], base[:, 2])
     torch.testing.assert_close(changed_frame[0], base[0])

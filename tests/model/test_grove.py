@@ -55,14 +55,15 @@ def test_trainable_state_dict_round_trip_and_errors(tiny_model):
     state = {k: v.clone() for k, v in tiny_model.trainable_state_dict().items()}
     assert set(state) == set(tiny_model.trainable_parameter_names())
     other = GroveModel.from_config(GroveConfig.tiny(init_seed=1))
-    name = "box_head.mlp.0.weight"
+    name = "box_decoder.pixel_features.layers.0.weight"
     assert not torch.equal(other.state_dict()[name], state[name])
     assert other.load_trainable_state_dict(state) == []
     assert torch.equal(other.state_dict()[name], state[name])
     with pytest.raises(KeyError, match="lacks"):
         other.load_trainable_state_dict({name: state[name]})
-    missing = other.load_trainable_state_dict({"box_head.mlp.2.bias": state["box_head.mlp.2.bias"]}, strict=False)
-    assert name in missing and "box_head.mlp.2.bias" not in missing
+    bias = "box_decoder.pixel_features.layers.2.bias"
+    missing = other.load_trainable_state_dict({bias: state[bias]}, strict=False)
+    assert name in missing and bias not in missing
     with pytest.raises(KeyError, match="this model lacks"):
         other.load_trainable_state_dict({"nope.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match="shape"):

@@ -77,3 +77,32 @@ def test_gather_positions():
     hidden = torch.arange(24.0).reshape(2, 4, 3)
     out = gather_positions(hidden, torch.tensor([[3, 0], [1, 1]]))
     assert out[0, 0].tolist() == hidden[0, 3].tolist() and out[1, 1].tolist() == hidden[1, 1].tolist()
+
+
+def test_phrase_means_average_each_spans_tokens_in_order():
+    from grove.model.sequence import phrase_means
+
+    P_START = 5
+    # "x <p> a b </p> [DET] y <p> c </p> [DET] pad" ; a third, unclosed <p> beyond the query count is ignored
+    ids = torch.tensor([[9, P_START, 11, 12, P_END, DET, 9, P_START, 13, P_END, DET, P_START, 14, PAD]])
+    hidden = torch.arange(ids.shape[1], dtype=torch.float32)[None, :, None].repeat(1, 1, 2)
+    means = phrase_means(hidden, ids, P_START, P_END, count=2)
+    assert means.shape == (1, 2, 2)
+    assert means[0, :, 0].tolist() == [2.5, 8.0]  # tokens 2-3, then token 8
+    missing = phrase_means(hidden, torch.tensor([[9, 9, DET] + [PAD] * 11]), P_START, P_END, count=1)
+    assert missing.abs().sum() == 0
+
+
+def test_phrase_pooling_gives_each_phrase_its_own_query(tiny_model):
+    from tests.model.conftest import make_clip
+
+    assert tiny_model.config.query_phrase_pooling
+    frames, caption, phrases, boxes = make_clip()
+    batch = tiny_model.processor.collate([tiny_model.processor(frames, caption, phrases, boxes=boxes)])
+    with torch.no_grad():
+        hidden, expanded = tiny_model._llm_hidden(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["global_pixels"])
+        pooled, _ = tiny_model._queries(hidden, expanded)
+        ids = tiny_model.processor.ids
+        positions, _ = det_query_positions(expanded.input_ids, ids.det)
+        plain = tiny_model.lq_projector(gather_positions(hidden, positions))
+    assert not torch.allclose(pooled, plain)
