@@ -11,13 +11,13 @@ import typer
 pipeline_app = typer.Typer(no_args_is_help=True, add_completion=False)
 
 PROFILE_OPTION = typer.Option(None, "--profile", help="params.yaml profile (default: $GROVE_PROFILE, else the file's).")
-PARAMS_OPTION = typer.Option(None, "--params", help="params.yaml to read (default: the repository's).")
+PARAMS_OPTION = typer.Option(None, "--params", help="params.yaml to read (default: $GROVE_PARAMS, else the repository's).")
 
 
 def _profile(name: Optional[str], params: Optional[Path]):
-    from orchestration.profile import PARAMS_FILE, load_profile
+    from orchestration.profile import load_profile
 
-    return load_profile(name, params or PARAMS_FILE)
+    return load_profile(name, params)
 
 
 def _paths(profile):
@@ -55,13 +55,16 @@ def compare_command(
     asset: str = typer.Option("iground_metrics", "--asset", help="Asset whose MLflow runs to compare."),
     metric: Optional[list[str]] = typer.Option(None, "--metric", help="Metric column (repeatable; default: the profile's headline metrics)."),
     all_runs: bool = typer.Option(False, "--all", help="Every finished run, not only the newest per partition."),
+    scale: Optional[float] = typer.Option(
+        None, "--scale", help="Multiply the metric values (default: 100 for iground_metrics, whose runs hold fractions, "
+        "as `grove demo` and the paper print them; else 1)."),
     profile: Optional[str] = PROFILE_OPTION,
     params: Optional[Path] = PARAMS_OPTION,
 ) -> None:
     """A table of metrics across MLflow runs, one row per partition (e.g. iGround metrics by pre-training size)."""
     from rich.console import Console
 
-    from orchestration.compare import comparison_rows, comparison_table, search_asset_runs
+    from orchestration.compare import comparison_rows, comparison_table, default_scale, search_asset_runs
     from orchestration.defs.common import FT_ONLY
     from orchestration.definitions import experiment_name
     from orchestration.profile import runs_root
@@ -78,7 +81,9 @@ def compare_command(
         _fail(f"no finished MLflow runs of asset '{asset}' in experiment '{mlflow.experiment}' ({mlflow.store_uri})")
     rows = comparison_rows(runs, order=[*chosen.sizes, FT_ONLY], latest_only=not all_runs)
     columns = metric or list(chosen.get("evaluation.metrics"))
-    Console().print(comparison_table(rows, columns, f"{asset}: MLflow experiment {mlflow.experiment}"))
+    factor = default_scale(asset) if scale is None else scale
+    title = f"{asset}: MLflow experiment {mlflow.experiment}" + (f" (x{factor:g})" if factor != 1 else "")
+    Console().print(comparison_table(rows, columns, title, scale=factor))
 
 
 @pipeline_app.command("iground")

@@ -12,6 +12,9 @@ from typing import Any, Sequence
 
 from orchestration.report import metric_table
 
+# Assets whose MLflow metrics are fractions that the paper (and `grove demo`'s table) prints x100.
+PERCENT_ASSETS = ("iground_metrics",)
+
 ASSET_TAG = "dagster.asset_key"
 PARTITION_TAG = "dagster.partition"
 CODE_VERSION_TAG = "dagster.code_version"
@@ -65,9 +68,15 @@ def metric_columns(rows: Sequence[ComparisonRow], wanted: Sequence[str] | None =
     return sorted({name for row in rows for name in row.metrics})
 
 
-def comparison_table(rows: Sequence[ComparisonRow], columns: Sequence[str], title: str) -> Any:
+def default_scale(asset_key: str) -> float:
+    """100 for assets whose metrics are fractions printed x100 (as `grove demo` prints them), else 1."""
+    return 100.0 if asset_key in PERCENT_ASSETS else 1.0
+
+
+def comparison_table(rows: Sequence[ComparisonRow], columns: Sequence[str], title: str, scale: float = 1.0) -> Any:
+    """The table; the metric columns are multiplied by `scale` (other metrics of a row are not shown)."""
     return metric_table(
-        [(row.partition or "-", row.metrics) for row in rows],
+        [(row.partition or "-", {name: row.metrics[name] * scale for name in columns if name in row.metrics}) for row in rows],
         columns,
         title,
         label="partition",

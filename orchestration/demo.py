@@ -21,7 +21,7 @@ import yaml
 
 from grove.io import atomic_write_text
 from orchestration.lineage import LineageReport, StepOutcome
-from orchestration.profile import REPO_ROOT, Profile, load_profile, runs_root
+from orchestration.profile import PARAMS_FILE, REPO_ROOT, Profile, load_profile, runs_root
 from orchestration.report import ScalingPoint, metric_table
 
 log = logging.getLogger(__name__)
@@ -84,10 +84,12 @@ class DemoResult:
     pushed: str
 
     def ui_commands(self) -> list[str]:
+        """Shell commands that open the Dagster UI (on this profile, runs root and params file) and the MLflow UI."""
         venv = REPO_ROOT / ".venv" / "bin"
         runs = "" if self.root == REPO_ROOT / "runs" / self.profile.name else f"GROVE_RUNS={self.root} "
+        params = "" if Path(self.profile.params_file).resolve() == PARAMS_FILE.resolve() else f"GROVE_PARAMS={self.profile.params_file} "
         return [
-            f"cd {REPO_ROOT} && DAGSTER_HOME={self.dagster_home} GROVE_PROFILE={self.profile.name} {runs}"
+            f"cd {REPO_ROOT} && DAGSTER_HOME={self.dagster_home} GROVE_PROFILE={self.profile.name} {params}{runs}"
             f"{venv / 'dagster'} dev -w workspace.yaml",
             f"{venv / 'mlflow'} ui --backend-store-uri {self.mlflow_store} --port 5000",
         ]
@@ -113,13 +115,22 @@ class DemoResult:
             console.print(f"  {command}", soft_wrap=True)
 
 
+def _group_printer(console: Any, groups: int, workers: int):
+    def on_group(index: int, group: Any, partitions: list[str | None]) -> None:
+        named = [p for p in partitions if p is not None]
+        what = f"{len(named)} partition(s) ({', '.join(named)}), {min(workers, len(named))} at a time" if named else "running"
+        console.print(f"[{index + 1}/{groups}] {group.label}: {what} ...", soft_wrap=True, markup=False)
+
+    return on_group
+
+
 def _step_printer(console: Any, groups: int):
     def on_step(index: int, outcome: StepOutcome) -> None:
-        where = f"[{outcome.partition}]" if outcome.partition else ""
+        where = f" [{outcome.partition}]" if outcome.partition else ""
         if outcome.reused:
-            console.print(f"[{index + 1}/{groups}] {outcome.group} {where}: up to date", style="dim", soft_wrap=True, markup=False)
+            console.print(f"[{index + 1}/{groups}] {outcome.group}{where}: up to date", style="dim", soft_wrap=True, markup=False)
         else:
-            console.print(f"[{index + 1}/{groups}] {outcome.group} {where}: materialised in {outcome.seconds:.1f} s", soft_wrap=True, markup=False)
+            console.print(f"[{index + 1}/{groups}] {outcome.group}{where}: materialised in {outcome.seconds:.1f} s", soft_wrap=True, markup=False)
 
     return on_step
 
@@ -145,13 +156,15 @@ def run_demo(profile: Profile | str = "demo", console: Any = None, root: Path | 
             console.print(f"{recovered} run(s) of an interrupted demo marked failed; their work is redone where needed")
         defs = build_definitions(profile, root)
         paths = PipelinePaths(root=str(root))
+        groups, workers = len(lineage_groups(defs)), int(profile.get("orchestration.max_concurrent", 1))
         report = materialize_lineage(
             defs,
             instance,
             partition_syncs=[sync_shard_partitions(profile, paths)],
             tags={"grove/profile": profile.name},
-            on_step=_step_printer(console, len(lineage_groups(defs))) if console is not None else None,
-            workers=int(profile.get("orchestration.max_concurrent", 1)),
+            on_step=_step_printer(console, groups) if console is not None else None,
+            on_group=_group_printer(console, groups, workers) if console is not None else None,
+            workers=workers,
             build=functools.partial(build_definitions, profile, root),
         )
         pushed = ""

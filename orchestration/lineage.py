@@ -152,8 +152,12 @@ def materialize_lineage(
     run_config: Mapping | None = None,
     workers: int = 1,
     build: DefinitionsFactory | None = None,
+    on_group: Callable[[int, "Group", list[str | None]], None] | None = None,
 ) -> LineageReport:
     """Materialise every asset of `defs` that is missing or stale, group by group, partition by partition.
+
+    `on_step` hears of every partition once it is done (or found up to date); `on_group` of every
+    group before its work starts, with the partitions it is about to run (progress for long groups).
 
     With `workers` > 1, the partitions of a group run concurrently in that many worker processes,
     each rebuilding the definitions with `build` (a picklable callable, e.g. a functools.partial of
@@ -175,6 +179,8 @@ def materialize_lineage(
                     _record(report, on_step, group_index, StepOutcome(group.label, partition, [], 0.0, True))
                 else:
                     todo.append((partition, list(group.keys[first:])))
+            if on_group is not None and todo:
+                on_group(group_index, group, [partition for partition, _ in todo])
             if workers > 1 and len(todo) > 1:
                 pool = pool or ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
                 _run_concurrently(pool, build, instance, todo, group, group_index, report, on_step, tags, run_config)

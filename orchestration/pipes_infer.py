@@ -2,6 +2,8 @@
 
 Predicts every clip of a dataset split with grove.infer.predict_dataset (the official GROVE
 protocol) and writes the official prediction layout. Inference is one process: only rank 0 works.
+On the CPU it uses `threads` intra-op threads, as `grove infer --threads` does (the same thread
+count also gives the same floating-point results as DVC's `predict` stage).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from orchestration.pipes_side import pipes_on_rank_zero, rank, read_extras
 def main() -> None:
     if rank() != 0:
         return
+    import torch
+
     from grove.data.predictions import write_predictions
     from grove.infer import predict_dataset
     from grove.train import pick_device, resolve_checkpoint
@@ -21,13 +25,16 @@ def main() -> None:
     extras = read_extras()
     with pipes_on_rank_zero() as pipes:
         started = time.perf_counter()
+        device = pick_device(extras.get("device", "auto"))
+        if device.type == "cpu":
+            torch.set_num_threads(max(1, int(extras.get("threads", 1))))
         checkpoint = resolve_checkpoint(extras["checkpoint"])
         predictions = predict_dataset(
             checkpoint,
             extras["dataset"],
             split=extras["split"],
             threshold=float(extras["threshold"]),
-            device=str(pick_device(extras.get("device", "auto"))),
+            device=str(device),
         )
         write_predictions(extras["out"], predictions)
         if pipes is not None:

@@ -2,7 +2,8 @@
 
 One file configures both orchestrators: Dagster builds its definitions from the selected profile
 and DVC stages read the same keys. The profile is picked by `GROVE_PROFILE`, then by the file's
-top-level `profile:` key. Paths come from the environment (`GROVE_RUNS`), never from the file.
+top-level `profile:` key; another params file by `GROVE_PARAMS`. Paths come from the environment
+(`GROVE_RUNS`), never from the file.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PARAMS_FILE = REPO_ROOT / "params.yaml"
 PROFILE_ENV = "GROVE_PROFILE"
+PARAMS_ENV = "GROVE_PARAMS"
 RUNS_ENV = "GROVE_RUNS"
 _MISSING = object()
 
@@ -79,8 +81,10 @@ def read_params(params_file: str | os.PathLike[str] = PARAMS_FILE) -> dict[str, 
     return params
 
 
-def load_profile(name: str | None = None, params_file: str | os.PathLike[str] = PARAMS_FILE) -> Profile:
-    """The named profile, else `$GROVE_PROFILE`, else the file's `profile:` key, else `demo`."""
+def load_profile(name: str | None = None, params_file: str | os.PathLike[str] | None = None) -> Profile:
+    """The named profile, else `$GROVE_PROFILE`, else the file's `profile:` key, else `demo`; from
+    `params_file`, else `$GROVE_PARAMS`, else the repository's params.yaml."""
+    params_file = params_file or os.environ.get(PARAMS_ENV) or PARAMS_FILE
     params = read_params(params_file)
     name = name or os.environ.get(PROFILE_ENV) or params.get("profile") or "demo"
     section = params.get(name)

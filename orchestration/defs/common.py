@@ -64,7 +64,8 @@ def table_preview(table: pa.Table, columns: Sequence[str], rows: int = 5) -> dg.
 def _cell(value: Any) -> str:
     text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
     text = text.replace("|", "\\|").replace("\n", " ")
-    return text if len(text) <= 80 else text[:77] + "..."
+    # Long cells lose their middle: a caption keeps its start, a path its file name.
+    return text if len(text) <= 80 else text[:38] + "…" + text[-41:]
 
 
 @contextmanager

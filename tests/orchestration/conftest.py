@@ -21,9 +21,9 @@ def dagster_instance(tmp_path):
 
 
 def tiny_params() -> dict:
-    """The demo profile shrunk to seconds of work: 13 clips of 2 s, two shards, one size, one step."""
+    """The demo profile shrunk to seconds of work: 13 clips of 1.6 s (8 annotated frames), two shards, one size, one step."""
     params = copy.deepcopy(read_params(PARAMS_FILE)["demo"])
-    params["synthetic"].update(pool_clips=8, train_clips=2, val_clips=1, test_clips=2, seconds=2.0)
+    params["synthetic"].update(pool_clips=8, train_clips=2, val_clips=1, test_clips=2, seconds=1.6)
     params["annotation"]["shard_size"] = 8
     params["scaling"] = {"pool_split": "pool", "sizes": ["s"], "size_clips": {"s": 4}}
     for phase in ("pretrain", "finetune"):

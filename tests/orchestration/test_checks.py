@@ -17,6 +17,7 @@ from orchestration.defs.annotation.checks import (
     shard_check_results,
     shard_check_specs,
 )
+from evaluation.iground import PRESETS
 from orchestration.defs.evaluation.checks import metric_check_results, metric_problems
 
 
@@ -113,4 +114,38 @@ def test_metric_check_fails_on_bad_metrics(change, message):
     metrics = {**GOOD, **change}
     assert any(p.startswith(message) for p in metric_problems(metrics, ["METEOR", "CIDEr", "AP50", "Recall"]))
     (result,) = metric_check_results(metrics, ["METEOR", "CIDEr", "AP50", "Recall"])
+    assert not result.passed
+
+
+def test_ap50_may_be_negative_under_the_official_protocol_only():
+    """The official evaluator averages COCOeval's -1 for clips without GT boxes into AP50 (empty_gt_videos)."""
+    official, corrected = PRESETS["official"].to_dict(), PRESETS["corrected"].to_dict()
+    metrics = {**GOOD, "AP50": -0.25}  # e.g. a quarter of the clips have no GT box and the rest score 0
+    (result,) = metric_check_results(metrics, ["AP50"], official)
+    assert result.passed and result.metadata["ranges"].value == {"AP50": [-1.0, 1.0]}
+    assert metric_problems(metrics, ["AP50"]) == []  # no protocol record: the official one
+    (result,) = metric_check_results(metrics, ["AP50"], corrected)
+    assert not result.passed and result.metadata["problems"].value == ["AP50: -0.25 outside [0, 1]"]
+    assert metric_problems({"AP50": -1.5}, ["AP50"], official) == ["AP50: -1.5 outside [-1, 1]"]
+    assert metric_problems({"AP50": True}, ["AP50"], official) == ["AP50: not a finite number (True)"]
+
+
+def test_the_metric_check_passes_a_real_official_report_whose_ap50_is_negative():
+    """evaluation/'s official protocol on two clips, one without GT boxes and one missed: AP50 = (0 + -1) / 2."""
+    import numpy as np
+
+    from evaluation.iground import IGroundClip, evaluate_iground
+    from grove.data.predictions import ClipPrediction
+
+    box = np.array([[10.0, 10.0, 40.0, 40.0]])
+    gt = {
+        "boxed_0": IGroundClip("boxed_0", 64, 48, "a cup", 1, box, np.array([0]), ["a cup"]),
+        "empty_0": IGroundClip("empty_0", 64, 48, "nothing", 1, np.zeros((0, 4)), np.zeros(0, np.int64), []),
+    }
+    miss = ClipPrediction([np.array([[50.0, 30.0, 60.0, 40.0]], np.float32)], [["a cup"]], "a cup", ["a cup"])
+    report = evaluate_iground(gt, {"boxed_0": miss, "empty_0": miss}, embed=None, captions=False)
+    assert report.protocol["empty_gt_videos"] == "include" and report.metrics["AP50"] == -0.5  # (0 + -1) / 2
+    (result,) = metric_check_results(report.metrics, ["AP50"], report.protocol)
+    assert result.passed
+    (result,) = metric_check_results(report.metrics, ["AP50"], PRESETS["corrected"].to_dict())
     assert not result.passed

@@ -142,3 +142,13 @@ def test_dvc_training_stages_pass_every_training_parameter_of_the_profile():
         for field in profile.get(f"model.{phase}"):
             flag = FLAG_OF.get(field, "--" + field.replace("_", "-"))
             assert f"{flag} ${{demo.model.{phase}.{field}}}" in command, (stage, field)
+
+
+def test_dvc_predict_stages_pass_every_inference_parameter_of_the_profile():
+    """The predictions asset sends inference.* to the Pipes process; DVC's `grove infer` must get the same values."""
+    profile = load_profile("demo")
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    flag_of = {"objectness_threshold": "--threshold"}
+    for command in (stages["predict"]["do"]["cmd"], stages["predict_ft_only"]["cmd"]):
+        for field in profile.get("inference"):
+            assert f"{flag_of.get(field, '--' + field)} ${{demo.inference.{field}}}" in command, field

@@ -3,17 +3,22 @@
 and MLflow store. One session-wide run (the `tiny_demo` fixture); each test checks one group."""
 
 import json
+import os
+import subprocess
+import sys
 
 import dagster as dg
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from grove.data.dataset import load_dataset
 from orchestration.cli import app
-from orchestration.definitions import experiment_name
+from orchestration.definitions import build_definitions, experiment_name
 from orchestration.demo import run_demo
+from orchestration.profile import REPO_ROOT
 from orchestration.resources import LAYOUT, MlflowResource, PipelinePaths
 
 HEADLINE = ("METEOR", "CIDEr", "AP50", "Recall")
@@ -122,14 +127,41 @@ def test_a_second_demo_reuses_everything(lineage, tiny_profile):
     assert [row.metrics for row in again.rows] == [row.metrics for row in result.rows]
 
 
+def test_the_demo_prints_the_table_the_plot_the_experiment_and_working_ui_commands(lineage):
+    result, root, _, _ = lineage
+    console = Console(record=True, width=400)
+    result.print(console)
+    text = console.export_text()
+    header = next(line for line in text.splitlines() if "METEOR" in line)
+    assert [cell.strip() for cell in header.split("┃")[1:6]] == ["pre-training", *HEADLINE]
+    for row in result.rows:  # the rows: pre-training sizes, then FT-only, metrics x100
+        (line,) = [line for line in text.splitlines() if line.startswith(f"│ {row.label} ")]
+        assert [cell.strip() for cell in line.split("│")[2:6]] == [f"{100 * row.metrics[name]:.2f}" for name in HEADLINE]
+    assert f"data-scaling plot: {result.plot}" in text and f"MLflow experiment: 'grove-tiny' in sqlite:///{root}" in text
+    dagster_dev, mlflow_ui = result.ui_commands()
+    assert dagster_dev in text and mlflow_ui in text and mlflow_ui.endswith(f"ui --backend-store-uri sqlite:///{root / 'mlflow.db'} --port 5000")
+    # The Dagster command's environment loads this very lineage: the tiny profile, its params file and runs root.
+    env = dict(token.split("=", 1) for token in dagster_dev.split(" && ")[1].split() if "=" in token)
+    assert env["DAGSTER_HOME"] == str(root / LAYOUT["dagster_home"]) and env["GROVE_PROFILE"] == "tiny"
+    code = ("import orchestration.definitions as d; r = d.defs.resources; "
+            "print(r['paths'].root, r['mlflow'].experiment, len(d.defs.resolve_asset_graph().get_all_asset_keys()))")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, check=True, cwd=REPO_ROOT)
+    assets = build_definitions(result.profile, root).resolve_asset_graph().get_all_asset_keys()
+    assert out.stdout.split() == [str(root), "grove-tiny", str(len(assets))]
+
+
 def test_compare_prints_metrics_by_partition(lineage, tiny_profile, monkeypatch):
     _, root, _, _ = lineage
     monkeypatch.setenv("GROVE_RUNS", str(root))
     output = CliRunner().invoke(app, ["compare", "--profile", "tiny", "--params", str(tiny_profile.params_file)])
     assert output.exit_code == 0, output.output
     lines = [line for line in output.output.splitlines() if line.strip()]
-    assert any(" s " in line for line in lines) and any("ft_only" in line for line in lines)
-    assert all(name in output.output for name in HEADLINE)
+    assert all(name in output.output for name in HEADLINE) and "(x100)" in output.output
+    result = lineage[0]
+    for row, partition in zip(result.rows, ("s", "ft_only")):  # the same values as grove demo's table (x100)
+        (line,) = [line for line in lines if f" {partition} " in line]
+        cells = [cell.strip() for cell in line.split("│")[2:6]]
+        assert cells == [f"{100 * row.metrics[name]:.2f}" for name in HEADLINE], (partition, cells)
 
 
 def test_dvc_side_commands_rebuild_byte_identical_subsets_and_the_same_curve(lineage, tiny_profile, monkeypatch):
@@ -144,5 +176,12 @@ def test_dvc_side_commands_rebuild_byte_identical_subsets_and_the_same_curve(lin
         assert output.exit_code == 0, output.output
     assert {name: (paths.path("subsets", "s") / name).read_bytes() for name in subset_files} == subset_files
     assert json.loads(paths.path("reports", "data_scaling.json").read_text()) == table
+    # dvc.yaml's `evaluate` stage: `grove eval iground --json > metrics/iground/<variant>.json`, byte for byte the asset's file.
+    profile = tiny_profile
+    evaluate = ["eval", "iground", "--gt", str(paths.path("iground")), "--pred", str(paths.path("predictions", "s.json")),
+                "--split", str(profile.get("inference.split")), "--threshold", str(profile.get("inference.objectness_threshold")), "--json"]
+    output = CliRunner().invoke(app, evaluate)
+    assert output.exit_code == 0, output.output
+    assert output.stdout == paths.path("metrics", "iground", "s.json").read_text()
     refused = CliRunner().invoke(app, ["pipeline", "subset", "--size", "huge", *params])
     assert refused.exit_code == 1 and "has no size 'huge'" in refused.output

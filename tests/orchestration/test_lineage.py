@@ -52,7 +52,11 @@ def test_groups_follow_the_partitioning_in_topological_order():
 def test_whole_lineage_then_nothing_then_only_what_changes_make_stale(dagster_instance):
     calls: list = []
     instance = dagster_instance
-    report = materialize_lineage(toy_defs(calls), instance, partition_syncs=[add_shards])
+    started: list = []
+    report = materialize_lineage(toy_defs(calls), instance, partition_syncs=[add_shards],
+                                 on_group=lambda index, group, partitions: started.append((index, group.label, partitions)))
+    assert started == [(0, "catalog", [None]), (1, "stage1 → stage2", ["shard-0", "shard-1"]), (2, "merged", [None]),
+                       (3, "subset", ["s", "m"]), (4, "curve", [None])]  # each group announced before it runs
     assert set(calls) == {
         ("catalog", None), ("stage1", "shard-0"), ("stage2", "shard-0"), ("stage1", "shard-1"),
         ("stage2", "shard-1"), ("merged", None), ("check", None), ("subset", "s"), ("subset", "m"), ("curve", None),
@@ -66,8 +70,11 @@ def test_whole_lineage_then_nothing_then_only_what_changes_make_stale(dagster_in
     assert runs and all(run.tags.get(RUN_TAG) == "true" for run in runs)
 
     calls.clear()
-    again = materialize_lineage(toy_defs(calls), instance, partition_syncs=[add_shards])
+    started.clear()
+    again = materialize_lineage(toy_defs(calls), instance, partition_syncs=[add_shards],
+                                on_group=lambda index, group, partitions: started.append(index))
     assert calls == [] and again.materialised == 0 and again.reused == len(again.outcomes) == 7
+    assert started == []  # nothing to run, nothing announced
 
     # A new code version re-runs the asset; equal output (data version) leaves its children fresh.
     materialize_lineage(toy_defs(calls, merged_version="2"), instance, partition_syncs=[add_shards])

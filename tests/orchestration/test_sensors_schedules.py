@@ -138,3 +138,35 @@ def test_the_automation_sensor_covers_every_asset(tiny_profile):
     automation = by_name(sensors.build(tiny_profile), "grove_automation")
     assert isinstance(automation, dg.AutomationConditionSensorDefinition)
     assert automation.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_shards_are_planned_from_the_clips_the_annotator_runs(tiny_profile, paths):
+    """With `clip_seconds`, long videos are split into clips before sharding: the partitions' plan and
+    the shard runner must see the same clips (else `run_stage` refuses a shard naming unknown clips)."""
+    from annotation.shards import Annotator
+
+    from orchestration.defs.annotation.partitions import annotator_config
+
+    write_catalog(paths, clips=3)  # three 2-second videos
+    split = profile_with(tiny_profile, shard_size=4, clip_seconds=0.5)
+    planned = planned_shards(split, paths)
+    annotator = Annotator(annotator_config(split), paths.path("catalog"), paths.path("annotation"))
+    keys = annotator.catalog.clips["key"].to_pylist()
+    assert len(keys) == 15 and [key for shard in planned.values() for key in shard.keys] == keys
+    assert all(annotator.shard_clips(shard).num_rows == len(shard.keys) for shard in planned.values())
+    assert list(planned_shards(profile_with(tiny_profile, shard_size=4), paths)) == ["shard-00000"]  # 3 whole clips
+
+
+def test_one_annotator_serves_every_stage_and_shard_of_a_process_until_the_catalog_changes(tiny_profile, paths):
+    from orchestration.defs.annotation.assets import process_annotator
+    from orchestration.defs.annotation.partitions import annotator_config
+
+    write_catalog(paths, clips=3)
+    config, catalog, out = annotator_config(tiny_profile), paths.path("catalog"), paths.path("annotation")
+    first = process_annotator(config, catalog, out)
+    assert process_annotator(config, catalog, out) is first
+    assert process_annotator(annotator_config(profile_with(tiny_profile, stage3="embedding")), catalog, out) is not first
+    again = process_annotator(config, catalog, out)
+    write_catalog(paths, clips=4)  # a rewritten catalog
+    renewed = process_annotator(config, catalog, out)
+    assert renewed is not again and renewed.catalog.clips.num_rows == 4

@@ -7,6 +7,10 @@ the earlier stages), so a changed prompt or model marks that stage and everythin
 The merge makes the HowToGround1M-format dataset the scaling subsets draw from.
 """
 
+import json
+from pathlib import Path
+from typing import Any
+
 import dagster as dg
 
 from orchestration.defs.annotation.checks import shard_check_results, shard_check_specs
@@ -44,6 +48,29 @@ PREVIEW_COLUMNS = {
 }
 
 
+# One annotator per process (see `process_annotator`), keyed by what it was built from.
+_ANNOTATORS: dict[tuple, Any] = {}
+
+
+def process_annotator(config: Any, catalog_dir: Path, out_dir: Path) -> Any:
+    """The process's Annotator for this configuration, catalog and output folder.
+
+    Its engines (the stage-1 captioner, spaCy for stages 2 and 3) load once and serve every stage
+    and shard this process runs, instead of once per `run_stage` call. A rewritten catalog (other
+    size or mtime of its files) or another configuration gets a fresh one, and the old one is
+    dropped. Safe to share: each stage's output depends only on the shard (per-clip seeds).
+    """
+    from annotation.shards import Annotator
+
+    files = [catalog_dir / name for name in ("clips.parquet", "catalog.json")]
+    stamps = tuple((f.stat().st_mtime_ns, f.stat().st_size) if f.exists() else None for f in files)
+    key = (json.dumps(config.as_dict(), sort_keys=True, default=str), str(catalog_dir.resolve()), str(out_dir.resolve()), stamps)
+    if key not in _ANNOTATORS:
+        _ANNOTATORS.clear()
+        _ANNOTATORS[key] = Annotator(config, catalog_dir, out_dir)
+    return _ANNOTATORS[key]
+
+
 def stage_code_version(profile: Profile, stage: int) -> str:
     from annotation.shards import stage_version
 
@@ -72,10 +99,10 @@ def _stage_asset(profile: Profile, stage: int) -> dg.AssetsDefinition:
         from annotation.shards import run_stage, shard_dir
 
         shard = shard_spec(profile, paths, context.partition_key)
-        out = paths.path("annotation")
+        out, catalog, config = paths.path("annotation"), paths.path("catalog"), annotator_config(profile)
         metadata: dict = {}
         with timed(metadata):
-            result = run_stage(stage, shard, out, annotator_config(profile), paths.path("catalog"))
+            result = run_stage(stage, shard, out, config, catalog, annotator=process_annotator(config, catalog, out))
         folder = shard_dir(out, stage, shard)
         preview_file, preview_columns = PREVIEW_COLUMNS[stage]
         metadata |= numeric_metadata(

@@ -29,13 +29,18 @@ def annotator_config(profile: Profile) -> Any:
 
 
 def planned_shards(profile: Profile, paths: PipelinePaths) -> dict[str, Any]:
-    """Shard name → ShardSpec, as the current catalog divides its clips; empty before the catalog exists."""
+    """Shard name → ShardSpec, as the current catalog divides its clips; empty before the catalog exists.
+
+    The plan uses the annotator's own clip parameters (`clip_seconds` splits long videos into clips
+    before sharding), so it names exactly the clips `run_stage` annotates.
+    """
     from annotation.shards import plan_shards
 
     catalog = paths.path("catalog")
     if not (catalog / "clips.parquet").exists():
         return {}
-    return {shard.name: shard for shard in plan_shards(catalog, int(profile.get("annotation.shard_size")))}
+    shards = plan_shards(catalog, int(profile.get("annotation.shard_size")), clip_seconds=annotator_config(profile).clip_seconds)
+    return {shard.name: shard for shard in shards}
 
 
 def shard_spec(profile: Profile, paths: PipelinePaths, name: str) -> Any:

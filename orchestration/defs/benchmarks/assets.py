@@ -91,6 +91,8 @@ def _external_benchmark(profile: Profile, name: str) -> list:
         "into the canonical clip and box tables (`grove data convert`).",
     )
     def external_benchmark(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:
+        from grove.data.dataset import load_dataset
+
         folder = external_folder(env, f"the {name} release (annotation files and videos)")
         options: dict[str, Any] = {}
         if settings.get("split_ids"):
@@ -101,6 +103,7 @@ def _external_benchmark(profile: Profile, name: str) -> list:
         with timed(metadata):
             counts = convert_splits(fmt, sources, out, name, folder, **options)
         metadata |= numeric_metadata(counts)
+        metadata["preview"] = table_preview(load_dataset(out).clips, ["key", "split", "tagged_caption"])
         metadata["path"] = dg.MetadataValue.path(str(out))
         return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(dvc_md5(out)))
 

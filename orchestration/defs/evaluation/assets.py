@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from grove.io import atomic_write_json
+from grove.io import atomic_write_json, atomic_write_text
 from orchestration.defs.benchmarks.assets import IGROUND
 from orchestration.defs.common import FT_ONLY, OWNERS, code_version, dvc_stage, input_versions, numeric_metadata
 from orchestration.defs.evaluation.checks import metric_check_results, metric_check_specs
@@ -33,6 +33,12 @@ CURVE_TABLE = "data_scaling.json"
 
 def metrics_file(paths: PipelinePaths, variant: str) -> Path:
     return paths.path("metrics", "iground", f"{variant}.json")
+
+
+def write_metrics_report(path: Path, report: dict) -> None:
+    """The report exactly as `grove eval iground --json` prints it (DVC's `evaluate` stages write that
+    output), so the asset and the stage make byte-identical files with the same DVC hash."""
+    atomic_write_text(path, json.dumps(report, default=str) + "\n")
 
 
 def metrics_database(paths: PipelinePaths) -> Path:
@@ -80,6 +86,7 @@ def build(profile: Profile) -> list:
     metrics = list(profile.get("evaluation.metrics"))
     split = str(profile.get("inference.split"))
     threshold = float(profile.get("inference.objectness_threshold"))
+    threads = int(profile.get("inference.threads", 1))
 
     @dg.asset(
         key=PREDICTIONS,
@@ -101,7 +108,7 @@ def build(profile: Profile) -> list:
         variant = context.partition_key
         out = paths.path("predictions", f"{variant}.json")
         extras = {"checkpoint": str(paths.path("finetuned", variant)), "dataset": str(paths.path("iground")),
-                  "split": split, "threshold": threshold, "out": str(out)}
+                  "split": split, "threshold": threshold, "threads": threads, "out": str(out)}
         inputs = input_versions(context, {"model": (FINETUNED, variant), "iground": (IGROUND, None)})
         with mlflow.start_run(context, params=extras, tags=inputs) as run:
             invocation = launcher.run(context, module="orchestration.pipes_infer", extras=extras, nproc=1)
@@ -120,7 +127,7 @@ def build(profile: Profile) -> list:
         group_name=GROUP,
         kinds={"python", "duckdb", "mlflow"},
         owners=OWNERS[GROUP],
-        code_version=code_version(profile, "1", "evaluation"),
+        code_version=code_version(profile, "2", "evaluation"),
         automation_condition=dg.AutomationCondition.eager(),
         check_specs=metric_check_specs(METRICS, metrics),
         description="iGround METEOR, CIDEr, AP50 (per video, class-agnostic COCO) and Recall, exactly as the "
@@ -139,7 +146,7 @@ def build(profile: Profile) -> list:
             report = evaluate_iground_files(paths.path("iground"), paths.path("predictions", f"{variant}.json"), split, protocol)
             report.protocol["preset"] = "official"
             out = metrics_file(paths, variant)
-            atomic_write_json(out, report.to_dict())
+            write_metrics_report(out, report.to_dict())
             pretrain_size = None if variant == FT_ONLY else subset_clips(paths, variant)
             record_report(metrics_database(paths), report, checkpoint=f"{profile.name}:{variant}", pretrain_size=pretrain_size)
             run.log_metrics({name: value for name, value in report.metrics.items() if value is not None})
@@ -150,7 +157,7 @@ def build(profile: Profile) -> list:
         metadata |= {"counts": dg.MetadataValue.json(report.counts), "mlflow_run": dg.MetadataValue.url(run.url),
                      "path": dg.MetadataValue.path(str(out))}
         return dg.MaterializeResult(
-            metadata=metadata, data_version=dg.DataVersion(version), check_results=metric_check_results(report.metrics, metrics)
+            metadata=metadata, data_version=dg.DataVersion(version), check_results=metric_check_results(report.metrics, metrics, report.protocol)
         )
 
     @dg.asset(
