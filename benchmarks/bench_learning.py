@@ -1,7 +1,7 @@
 """Does the tiny model learn? Untrained vs fine-tuned alone vs pre-trained + fine-tuned, on the synthetic test split.
 
     .venv/bin/python benchmarks/bench_learning.py [--data DATASET] [--out runs/bench_learning]
-        [--pt-steps 360] [--ft-steps 240] [--lr 1e-3] [--batch 1] [--nproc 1]
+        [--pt-steps 360] [--ft-steps 240] [--lr 1e-3] [--ft-lr LR] [--batch 1] [--nproc 1]
 
 Without --data, renders the demo synthetic dataset (params.yaml `demo.synthetic`: pool 240, train 48,
 val 16, test 24) into OUT/synthetic (reused when already there). Then, with `grove.train.train`:
@@ -38,18 +38,21 @@ REPO = Path(__file__).resolve().parent.parent
 METRICS = ("CIDEr", "METEOR", "AP50")
 
 
-def train_run(args: argparse.Namespace, data: Path, name: str, split: str, steps: int, init: str | None = None) -> tuple[str, float]:
+def train_run(
+    args: argparse.Namespace, data: Path, name: str, split: str, steps: int, init: str | None = None, lr: float | None = None
+) -> tuple[str, float]:
     """Train one model (in this process, or as torchrun ranks with --nproc) and return (checkpoint, CPU s)."""
     out = args.out / name
+    lr = args.lr if lr is None else lr
     config = TrainConfig(
         train_data=str(data), out_dir=str(out), train_split=split, max_steps=steps, batch_size=args.batch,
-        lr=args.lr, warmup_steps=min(args.warmup, steps), log_every=50, num_workers=1, seed=args.seed,
+        lr=lr, warmup_steps=min(args.warmup, steps), log_every=50, num_workers=1, seed=args.seed,
         init=init, eval_every=max(steps, 1), resume=False,
     )
     started = time.process_time()
     if args.nproc > 1 and steps > 0:
         command = [sys.executable, "-m", "grove.cli", "train", "--train", str(data), "--out", str(out),
-                   "--train-split", split, "--max-steps", str(steps), "--batch-size", str(args.batch), "--lr", str(args.lr),
+                   "--train-split", split, "--max-steps", str(steps), "--batch-size", str(args.batch), "--lr", str(lr),
                    "--warmup-steps", str(config.warmup_steps), "--log-every", "50", "--workers", "1",
                    "--seed", str(args.seed), "--eval-every", str(steps), "--no-resume", "--nproc", str(args.nproc)]
         if init is not None:
@@ -84,11 +87,13 @@ def main() -> None:
     parser.add_argument("--pt-steps", type=int, default=360)
     parser.add_argument("--ft-steps", type=int, default=240)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--ft-lr", type=float, default=None, help="fine-tuning learning rate (default: --lr)")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--nproc", type=int, default=1)
     args = parser.parse_args()
+    args.ft_lr = args.lr if args.ft_lr is None else args.ft_lr
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("grove.model.grove").setLevel(logging.ERROR)  # malformed answers of the untrained model
 
@@ -102,14 +107,14 @@ def main() -> None:
     rows["untrained"] = {**score(untrained, data, gt, args.out / "untrained_test.json"), "train CPU s": 0.0}
     pt, pt_cpu = train_run(args, data, "pt", "pool", args.pt_steps)
     rows["PT"] = {**score(pt, data, gt, args.out / "pt_test.json"), "train CPU s": pt_cpu}
-    ft, ft_cpu = train_run(args, data, "ft", "train", args.ft_steps)
+    ft, ft_cpu = train_run(args, data, "ft", "train", args.ft_steps, lr=args.ft_lr)
     rows["FT only"] = {**score(ft, data, gt, args.out / "ft_test.json"), "train CPU s": ft_cpu}
-    ptft, ptft_cpu = train_run(args, data, "ptft", "train", args.ft_steps, init=pt)
+    ptft, ptft_cpu = train_run(args, data, "ptft", "train", args.ft_steps, init=pt, lr=args.ft_lr)
     rows["PT+FT"] = {**score(ptft, data, gt, args.out / "ptft_test.json"), "train CPU s": pt_cpu + ptft_cpu}
 
     columns = [*METRICS, "train CPU s"]
     print(f"\nsynthetic test split ({len(gt)} clips), tiny model, PT {args.pt_steps} steps, FT {args.ft_steps} steps, "
-          f"batch {args.batch}, lr {args.lr}")
+          f"batch {args.batch}, lr {args.lr} (fine-tuning {args.ft_lr})")
     print(f"{'model':<10}" + "".join(f"{c:>13}" for c in columns))
     for name, row in rows.items():
         print(f"{name:<10}" + "".join(f"{row[c]:>13.2f}" for c in columns))

@@ -141,11 +141,12 @@ def run_demo(profile: Profile | str = "demo", console: Any = None, root: Path | 
 
     from orchestration.definitions import build_definitions, dvc_enabled, experiment_name
     from orchestration.defs.evaluation.assets import CURVE_PLOT, scaling_points
-    from orchestration.lineage import lineage_groups, materialize_lineage, recover_interrupted_runs
+    from orchestration.lineage import lineage_groups, materialize_lineage, quiet_preview_warnings, recover_interrupted_runs
     from orchestration.resources import LAYOUT, DvcResource, MlflowResource, PipelinePaths
     from orchestration.sensors import sync_shard_partitions
 
     started = time.perf_counter()
+    quiet_preview_warnings()
     profile = load_profile(profile) if isinstance(profile, str) else profile
     root = Path(root) if root is not None else runs_root(profile)
     with exclusive_demo(root):

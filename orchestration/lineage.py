@@ -123,6 +123,14 @@ def _materialize(
     return time.perf_counter() - started
 
 
+def quiet_preview_warnings() -> None:
+    """Dagster's Pipes calls its own preview APIs and warns about them on every launch: noise for users."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+
+
 def _materialize_in_worker(
     build: DefinitionsFactory,
     instance_ref: Any,
@@ -132,6 +140,7 @@ def _materialize_in_worker(
     run_config: Mapping | None,
 ) -> float:
     """A worker process's run: its own definitions and instance (both rebuilt from picklable recipes)."""
+    quiet_preview_warnings()
     instance = dg.DagsterInstance.from_ref(instance_ref)
     try:
         keys = [dg.AssetKey.from_user_string(key) for key in selection]

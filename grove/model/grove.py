@@ -251,7 +251,7 @@ class GroveModel(nn.Module):
                 break
             attention = torch.cat([attention, attention.new_ones(batch, 1)], dim=1)
             out = self.llm(
-                input_ids=next_ids[:, None], attention_mask=attention, past_key_values=out.past_key_values, use_cache=True
+                input_ids=next_ids[:, None], attention_mask=attention, cache=out.cache, use_cache=True
             )
         if not tokens:
             return torch.zeros(batch, 0, dtype=torch.long, device=pixels.device)
