@@ -1,7 +1,7 @@
 """Does the tiny model learn? Untrained vs fine-tuned alone vs pre-trained + fine-tuned, on the synthetic test split.
 
     .venv/bin/python benchmarks/bench_learning.py [--data DATASET] [--out runs/bench_learning]
-        [--pt-steps 360] [--ft-steps 240] [--lr 1e-3] [--ft-lr LR] [--batch 1] [--nproc 1]
+        [--pt-steps 8000] [--ft-steps 1000] [--lr 1e-3] [--ft-lr 3e-4] [--batch 1] [--nproc 1]
 
 Without --data, renders the demo synthetic dataset (params.yaml `demo.synthetic`: pool 240, train 48,
 val 16, test 24) into OUT/synthetic (reused when already there). Then, with `grove.train.train`:
@@ -84,16 +84,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_learning")
-    parser.add_argument("--pt-steps", type=int, default=360)
-    parser.add_argument("--ft-steps", type=int, default=240)
+    parser.add_argument("--pt-steps", type=int, default=8000)
+    parser.add_argument("--ft-steps", type=int, default=1000)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--ft-lr", type=float, default=None, help="fine-tuning learning rate (default: --lr)")
+    parser.add_argument("--ft-lr", type=float, default=3e-4, help="fine-tuning learning rate")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--nproc", type=int, default=1)
     args = parser.parse_args()
-    args.ft_lr = args.lr if args.ft_lr is None else args.ft_lr
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("grove.model.grove").setLevel(logging.ERROR)  # malformed answers of the untrained model
 
