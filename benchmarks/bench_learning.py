@@ -47,7 +47,7 @@ def train_run(
     config = TrainConfig(
         train_data=str(data), out_dir=str(out), train_split=split, max_steps=steps, batch_size=args.batch,
         lr=lr, warmup_steps=min(args.warmup, steps), log_every=50, num_workers=1, seed=args.seed,
-        init=init, eval_every=max(steps, 1), resume=False,
+        init=init, eval_every=max(steps, 1), resume=False, model_overrides=args.model_overrides,
     )
     started = time.process_time()
     if args.nproc > 1 and steps > 0:
@@ -92,7 +92,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--nproc", type=int, default=1)
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=JSON",
+                        help="GroveConfig override of the tiny model, e.g. global_image_size=128 (repeatable; one process only)")
     args = parser.parse_args()
+    args.model_overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.override)}
+    if args.model_overrides and args.nproc > 1:
+        parser.error("--override works in one process only (grove train has no override flag)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("grove.model.grove").setLevel(logging.ERROR)  # malformed answers of the untrained model
 
