@@ -85,6 +85,14 @@ def box_mask_targets(boxes: torch.Tensor, extent: torch.Tensor, side: int) -> tu
     return cover, inside
 
 
+def _present_masks(mask_logits, gt_boxes, present, extent) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The present pairs' mask logits (M, H, W) with their rasterised GT boxes and in-frame cells."""
+    logits = mask_logits[present].float()
+    extents = extent[:, :, None, :].expand(*present.shape, 2)[present]
+    target, inside = box_mask_targets(gt_boxes[present], extents, logits.shape[-1])
+    return logits, target, inside
+
+
 def mask_loss(mask_logits: torch.Tensor, gt_boxes: torch.Tensor, present: torch.Tensor, extent: torch.Tensor) -> torch.Tensor:
     """BCE of the mask logits against the rasterised GT boxes over the frame's cells of present pairs.
 
@@ -92,9 +100,7 @@ def mask_loss(mask_logits: torch.Tensor, gt_boxes: torch.Tensor, present: torch.
     """
     if not bool(present.any()):
         return mask_logits.sum() * 0.0
-    logits = mask_logits[present].float()
-    extents = extent[:, :, None, :].expand(*present.shape, 2)[present]
-    target, inside = box_mask_targets(gt_boxes[present], extents, logits.shape[-1])
+    logits, target, inside = _present_masks(mask_logits, gt_boxes, present, extent)
     per_cell = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     return (per_cell * inside).sum() / inside.sum().clamp(min=1)
 
@@ -105,9 +111,7 @@ def mask_dice_loss(mask_logits: torch.Tensor, gt_boxes: torch.Tensor, present: t
     does not shrink with the object: a mask that is all background costs ~1 for a 2 % object too."""
     if not bool(present.any()):
         return mask_logits.sum() * 0.0
-    logits = mask_logits[present].float()
-    extents = extent[:, :, None, :].expand(*present.shape, 2)[present]
-    target, inside = box_mask_targets(gt_boxes[present], extents, logits.shape[-1])
+    logits, target, inside = _present_masks(mask_logits, gt_boxes, present, extent)
     scores = logits.sigmoid() * inside
     overlap = (scores * target).flatten(1).sum(-1)
     return (1 - (2 * overlap + 1) / (scores.flatten(1).sum(-1) + target.flatten(1).sum(-1) + 1)).mean()

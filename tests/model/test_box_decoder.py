@@ -1,21 +1,11 @@
 """The query-mode box decoder against transformers' SamMaskDecoder, and (frame, phrase) independence."""
 
 import torch
-from transformers import SamConfig, SamModel
+from transformers import SamModel
 
 from grove.model.box_decoder import BoxDecoder
 
-
-def _sam() -> SamModel:
-    torch.manual_seed(0)
-    vision = dict(hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2, image_size=64,
-                  patch_size=8, window_size=4, global_attn_indexes=[1], num_pos_feats=8)
-    config = SamConfig(
-        vision_config=vision,
-        prompt_encoder_config=dict(hidden_size=16, image_size=64, patch_size=8),
-        mask_decoder_config=dict(hidden_size=16, mlp_dim=32, num_attention_heads=2, iou_head_hidden_dim=16),
-    )
-    return SamModel(config).eval()
+from .conftest import tiny_sam
 
 
 def _decoder(sam: SamModel) -> BoxDecoder:
@@ -23,7 +13,7 @@ def _decoder(sam: SamModel) -> BoxDecoder:
 
 
 def test_query_output_equals_sam_mask_decoder_with_the_query_as_sparse_prompt():
-    sam = _sam()
+    sam = tiny_sam()
     decoder = _decoder(sam)
     features = torch.randn(3, 16, 8, 8)  # 3 frames
     queries = torch.randn(3, 2, 16)  # 2 phrases, one query token each
@@ -46,7 +36,7 @@ def test_query_output_equals_sam_mask_decoder_with_the_query_as_sparse_prompt():
 
 
 def test_each_frame_and_phrase_is_decoded_independently():
-    decoder = _decoder(_sam())
+    decoder = _decoder(tiny_sam())
     features = torch.randn(2, 16, 8, 8)
     queries = torch.randn(2, 3, 16)
     with torch.no_grad():

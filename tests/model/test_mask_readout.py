@@ -3,31 +3,18 @@
 import numpy as np
 import pytest
 import torch
-from transformers import SamConfig, SamModel
 
 from grove.model import GroveConfig, GroveModel
 from grove.model.box_decoder import BoxDecoder, PixelFeatures, content_extent, mask_to_box
 from grove.model.losses import box_mask_targets, mask_loss
 from grove.model.processor import sam_pixels
 
-from .conftest import make_clip
-
-
-def _sam() -> SamModel:
-    torch.manual_seed(0)
-    vision = dict(hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2, image_size=64,
-                  patch_size=8, window_size=4, global_attn_indexes=[1], num_pos_feats=8)
-    config = SamConfig(
-        vision_config=vision,
-        prompt_encoder_config=dict(hidden_size=16, image_size=64, patch_size=8),
-        mask_decoder_config=dict(hidden_size=16, mlp_dim=32, num_attention_heads=2, iou_head_hidden_dim=16),
-    )
-    return SamModel(config).eval()
+from .conftest import make_clip, tiny_sam
 
 
 def test_mask_path_equals_sam_single_mask_output_for_the_same_mask_token():
     """Upscaling and hypernetwork 0 are SamMaskDecoder's; ours adds the query to the mask token (a residual)."""
-    sam = _sam()
+    sam = tiny_sam()
     decoder = BoxDecoder(sam.mask_decoder, sam.prompt_encoder.no_mask_embed, sam.shared_image_embedding,
                          feature_size=8, readout="mask")
     features, queries = torch.randn(3, 16, 8, 8), torch.randn(3, 2, 16)

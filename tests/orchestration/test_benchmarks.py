@@ -11,6 +11,10 @@ from orchestration.profile import load_profile
 from orchestration.resources import PipelinePaths
 
 
+def paper_benchmark_asset(key: str) -> dg.AssetsDefinition:
+    return next(a for a in build(load_profile("paper")) if isinstance(a, dg.AssetsDefinition) and a.key.to_user_string() == key)
+
+
 def vidstg_annotation(first_sentence: int) -> dict:
     """Two sentences on one video, a TubeDETR-style file (the fields grove.data.vidstg reads)."""
     def entry(sentence, caption, qtype, target):
@@ -28,8 +32,7 @@ def vidstg_annotation(first_sentence: int) -> dict:
 
 
 def test_vidstg_benchmark_converts_each_split_from_its_folder(tmp_path, monkeypatch):
-    profile = load_profile("paper")
-    vidstg = next(a for a in build(profile) if isinstance(a, dg.AssetsDefinition) and a.key.to_user_string() == "vidstg_benchmark")
+    vidstg = paper_benchmark_asset("vidstg_benchmark")
     paths = PipelinePaths(root=str(tmp_path / "runs"))
     folder = tmp_path / "vidstg"
     folder.mkdir()
@@ -75,9 +78,8 @@ def anet_annotation() -> dict:
 
 
 def test_anet_entities_benchmark_converts_the_validation_videos_of_the_split_file(tmp_path, monkeypatch):
-    profile = load_profile("paper")
-    settings = profile.get("benchmarks.anet_entities")
-    anet = next(a for a in build(profile) if isinstance(a, dg.AssetsDefinition) and a.key.to_user_string() == "anet_entities_benchmark")
+    settings = load_profile("paper").get("benchmarks.anet_entities")
+    anet = paper_benchmark_asset("anet_entities_benchmark")
     paths = PipelinePaths(root=str(tmp_path / "runs"))
     folder = tmp_path / "anet"
     folder.mkdir()
