@@ -46,6 +46,11 @@ mean of the phrase's own tokens (between its `<p>` and `</p>`) before the LQ pro
 `paper()`. A pretrained LLM already writes the phrase into the state at `</p>`; a randomly
 initialised one does not for thousands of steps, and every phrase of a frame got the same box
 (measured: near-identical boxes for all phrases of a clip after 1,000 steps).
+Global encoder input (`global_image_aspect`): "crop" is CLIP's own preprocessing (shortest side to
+the input size, centre crop; grove_spec 1.2), which the paper uses; on a 16:9 frame it cuts 44 % of
+the width, so objects at the sides never reach the captioner. "pad" (LLaVA-1.5's `expand2square`)
+keeps the whole frame: longest side to the input size, padded to a square with
+CLIP's mean colour.
 Mask-loss option `mask_dice_weight`: GLaMM's / LISA's dice term beside the BCE one (losses.py).
 """
 
@@ -63,6 +68,7 @@ Freezing = Literal["paper", "full"]
 BoxReadout = Literal["query_mlp", "mask"]
 DecoderInit = Literal["hf", "xavier"]
 QueryPooling = Literal["none", "hidden", "embedding"]
+ImageAspect = Literal["crop", "pad"]
 
 PROFILES = ("tiny", "paper")
 FREEZING_MODES = ("paper", "full")
@@ -70,6 +76,7 @@ GROUNDING_ENCODERS = ("sam", "sam2")
 BOX_READOUTS = ("query_mlp", "mask")
 DECODER_INITS = ("hf", "xavier")
 QUERY_POOLINGS = ("none", "hidden", "embedding")
+IMAGE_ASPECTS = ("crop", "pad")
 # the options that only box_readout="mask" uses, at their "off" values
 MASK_ONLY_OFF = {"mask_pixel_features": False, "mask_loss_weight": 0.0, "mask_dice_weight": 0.0}
 
@@ -79,6 +86,8 @@ class GroveConfig:
     profile: str = "tiny"
     num_frames: int = 8
     global_image_size: int = 64
+    # how a non-square frame becomes the global encoder's square input (module docstring)
+    global_image_aspect: ImageAspect = "crop"
     grounding_image_size: int = 128
     grounding_encoder: GroundingEncoder = "sam"
 
@@ -348,6 +357,8 @@ class GroveConfig:
             raise ValueError(f"box_readout must be one of {BOX_READOUTS}, got {self.box_readout!r}")
         if self.query_phrase_pooling not in QUERY_POOLINGS:
             raise ValueError(f"query_phrase_pooling must be one of {QUERY_POOLINGS}, got {self.query_phrase_pooling!r}")
+        if self.global_image_aspect not in IMAGE_ASPECTS:
+            raise ValueError(f"global_image_aspect must be one of {IMAGE_ASPECTS}, got {self.global_image_aspect!r}")
         if self.decoder_init not in DECODER_INITS:
             raise ValueError(f"decoder_init must be one of {DECODER_INITS}, got {self.decoder_init!r}")
         if self.mask_loss_weight < 0 or self.mask_dice_weight < 0:

@@ -157,19 +157,26 @@ def _as_frames(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).float()
 
 
-def clip_pixels(frames: np.ndarray, size: int) -> torch.Tensor:
-    """(T,H,W,3) uint8 -> (T,3,size,size): shortest side to `size`, centre crop, CLIP mean / std."""
+def clip_pixels(frames: np.ndarray, size: int, aspect: str = "crop") -> torch.Tensor:
+    """(T,H,W,3) uint8 -> (T,3,size,size), CLIP mean / std. aspect "crop": shortest side to `size`, centre
+    crop (CLIPImageProcessor); "pad": longest side to `size`, centred on CLIP's mean colour (LLaVA's expand2square)."""
     x = _as_frames(frames)
     height, width = x.shape[-2:]
-    short, long = min(height, width), max(height, width)
-    long_new = int(size * long / short)
-    new_hw = (size, long_new) if height <= width else (long_new, size)
-    x = F.interpolate(x, size=new_hw, mode="bicubic", antialias=True, align_corners=False).clamp_(0, 255)
-    top, left = (new_hw[0] - size) // 2, (new_hw[1] - size) // 2
-    x = x[:, :, top : top + size, left : left + size] / 255.0
+    if aspect == "pad":
+        new_hw = sam_resize_shape(height, width, size)
+    else:
+        short, long = min(height, width), max(height, width)
+        long_new = int(size * long / short)
+        new_hw = (size, long_new) if height <= width else (long_new, size)
+    x = F.interpolate(x, size=new_hw, mode="bicubic", antialias=True, align_corners=False).clamp_(0, 255) / 255.0
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    x = (x - mean) / std
+    if aspect == "pad":  # zero after normalisation = the mean colour
+        top, left = (size - new_hw[0]) // 2, (size - new_hw[1]) // 2
+        return F.pad(x, (left, size - new_hw[1] - left, top, size - new_hw[0] - top))
+    top, left = (new_hw[0] - size) // 2, (new_hw[1] - size) // 2
+    return x[:, :, top : top + size, left : left + size]
 
 
 def sam_resize_shape(height: int, width: int, size: int) -> tuple[int, int]:
@@ -259,7 +266,7 @@ class GroveProcessor:
     # -- pixels
     def pixels(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(T,H,W,3) uint8 frames -> (global_pixels (T,3,Sg,Sg), grounding_pixels (T,3,Sd,Sd))."""
-        return clip_pixels(frames, self.config.global_image_size), sam_pixels(frames, self.config.grounding_image_size)
+        return clip_pixels(frames, self.config.global_image_size, self.config.global_image_aspect), sam_pixels(frames, self.config.grounding_image_size)
 
     # -- one clip
     def __call__(

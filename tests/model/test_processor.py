@@ -5,11 +5,13 @@ import pytest
 import torch
 from transformers import CLIPImageProcessor, SamImageProcessor
 
+from grove.model import GroveConfig
 from grove.model.processor import (
     IGNORE_INDEX,
     INFERENCE_QUESTION,
     VIDEO_GROUNDING_QUESTIONS,
     AnswerFormatError,
+    GroveProcessor,
     clip_pixels,
     denormalize_boxes,
     normalize_boxes,
@@ -22,11 +24,11 @@ from grove.model.tokenizer import VIDEO_TOKEN_INDEX
 from tests.model.conftest import make_clip
 
 
-def _smooth_frames(seed: int = 0) -> np.ndarray:
+def _smooth_frames(seed: int = 0, size: tuple[int, int] = (96, 160)) -> np.ndarray:
     """Frames without pixel-level noise, so different resampling kernels agree closely."""
     rng = np.random.default_rng(seed)
     coarse = torch.tensor(rng.integers(0, 256, (2, 12, 20, 3)), dtype=torch.float32).permute(0, 3, 1, 2)
-    fine = torch.nn.functional.interpolate(coarse, size=(96, 160), mode="bilinear")
+    fine = torch.nn.functional.interpolate(coarse, size=size, mode="bilinear")
     return fine.permute(0, 2, 3, 1).numpy().astype(np.uint8)
 
 
@@ -37,6 +39,35 @@ def test_global_pixels_match_clip_image_processor():
     ours = clip_pixels(frames, 64)
     assert ours.shape == expected.shape == (2, 3, 64, 64)
     assert (ours - expected).abs().max().item() < 0.05
+
+
+def test_padded_global_pixels_match_llava_expand2square():
+    """aspect="pad": LLaVA-1.5 pads the frame to a square with CLIP's mean colour, then runs CLIP's processor."""
+    # 100x160: the content band is rows 12..52 of 64 on both resampling grids
+    frames = _smooth_frames(2, (100, 160))
+    reference = CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+    fill = tuple(int(255 * m) for m in reference.image_mean)
+    squares = []
+    for frame in frames:
+        square = np.empty((160, 160, 3), np.uint8)
+        square[:] = fill
+        square[30:130] = frame
+        squares.append(square)
+    expected = reference(images=squares, return_tensors="pt")["pixel_values"]
+    ours = clip_pixels(frames, 64, aspect="pad")
+    assert ours.shape == expected.shape == (2, 3, 64, 64)
+    # the content band away from its resampled border, and the padding
+    assert (ours[:, :, 14:50] - expected[:, :, 14:50]).abs().max().item() < 0.05
+    assert ours[:, :, :12].abs().max().item() == 0.0 and expected[:, :, :11].abs().max().item() < 0.05  # fill rounded to uint8
+
+
+def test_the_config_picks_the_global_aspect_and_rejects_unknown_ones():
+    frames = _smooth_frames(3)
+    for aspect in ("crop", "pad"):
+        processor = GroveProcessor(GroveConfig.tiny(global_image_aspect=aspect))
+        assert torch.equal(processor.pixels(frames)[0], clip_pixels(frames, 64, aspect=aspect))
+    with pytest.raises(ValueError, match="global_image_aspect must be one of"):
+        GroveConfig.tiny(global_image_aspect="stretch")
 
 
 def test_grounding_pixels_match_sam_image_processor_resize_longest_side_and_pad():
