@@ -92,7 +92,7 @@ def infer_command(
     visualize: Optional[Path] = typer.Option(None, "--visualize", help="With --video: render boxes and phrases to an .mp4 or a .png frame grid."),
     query: Optional[str] = typer.Option(None, "--query", help="With --video: also find when this sentence is visible (objectness curve)."),
     threshold: float = typer.Option(0.5, "--threshold", help="Temporal objectness threshold (0 keeps every box)."),
-    mode: str = typer.Option("caption", "--mode", help="With --data: caption (iGround) | phrase (VidSTG: the caption as one phrase)."),
+    mode: str = typer.Option("caption", "--mode", help="With --data: caption (iGround) | reference (the reference caption teacher-forced: grounding alone) | phrase (VidSTG: the caption as one phrase)."),
     start: Optional[float] = typer.Option(None, "--start", help="With --video: first second to use."),
     end: Optional[float] = typer.Option(None, "--end", help="With --video: last second to use."),
     max_clips: Optional[int] = typer.Option(None, "--max-clips", help="With --data: only the first N clips."),

@@ -25,12 +25,19 @@ from grove.data.frames import ANNOTATION_FPS, annotated_frame_ids, caption_windo
 from grove.data.loader import decode_frames
 from grove.data.predictions import ClipPrediction, labels_from_objectness
 from grove.model import GroveModel, parse_answer
-from grove.model.processor import INFERENCE_QUESTION, VIDEO_STG_QUESTIONS, denormalize_boxes, single_phrase_answer
+from grove.model.processor import (
+    INFERENCE_QUESTION,
+    VIDEO_STG_QUESTIONS,
+    denormalize_boxes,
+    single_phrase_answer,
+    tag_answer,
+)
 from grove.train import load_model
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
+INFERENCE_MODES = ("caption", "reference", "phrase")
 
 
 @dataclass
@@ -122,17 +129,23 @@ def grounded_caption(
     original_size: tuple[int, int] | None = None,
     max_new_tokens: int = 64,
     window_batch: int = 8,
+    answer: str | None = None,
 ) -> GroundedCaption:
-    """The official protocol on F frames of the 5 fps grid: caption from the centre window, boxes on all."""
+    """The official protocol on F frames of the 5 fps grid: caption from the centre window, boxes on all.
+    With `answer` (a `<p> phrase </p> [DET]` answer, e.g. the reference caption's), that answer is
+    teacher-forced instead of a generated one: grounding alone, apart from captioning."""
     processor = model.processor
     if len(frames) == 0:
         raise ValueError("no frames to caption")
     width, height = original_size if original_size is not None else (frames.shape[2], frames.shape[1])
     global_pixels, grounding_pixels = processor.pixels(frames)
     windows = sliding_windows(len(frames), model.config.num_frames)
-    centre = windows[caption_window_index(len(frames), model.config.num_frames)]
-    ids = _answer_ids(model.generate_ids(global_pixels[centre], max_new_tokens)[0], processor.ids.eos)
-    tagged = processor.decode_answer(ids)
+    if answer is None:
+        centre = windows[caption_window_index(len(frames), model.config.num_frames)]
+        ids: list[int] | str = _answer_ids(model.generate_ids(global_pixels[centre], max_new_tokens)[0], processor.ids.eos)
+        tagged = processor.decode_answer(ids)
+    else:
+        ids = tagged = answer
     parsed = parse_answer(tagged)
     boxes, logits = _ground_windows(model, global_pixels, grounding_pixels, windows, ids, INFERENCE_QUESTION, window_batch)
     return GroundedCaption(
@@ -223,12 +236,14 @@ def predict_dataset(
 ) -> dict[str, ClipPrediction]:
     """Predictions for every clip of a split, keyed `{video_id}_{clip_id}` (the official layout).
 
-    mode "caption": grounded captioning (iGround). mode "phrase": the clip caption teacher-forced as
-    one phrase, one box per frame (VidSTG); records then have that box on every frame, the caption as
-    text, and the objectness probabilities.
+    mode "caption": grounded captioning (iGround). mode "reference": the same with the clip's reference
+    caption and phrases teacher-forced instead of a generated caption (grounding alone; caption metrics
+    are then meaningless). mode "phrase": the clip caption teacher-forced as one phrase, one box per
+    frame (VidSTG); records then have that box on every frame, the caption as text, and the objectness
+    probabilities.
     """
-    if mode not in ("caption", "phrase"):
-        raise ValueError(f"unknown inference mode {mode!r}; expected 'caption' or 'phrase'")
+    if mode not in INFERENCE_MODES:
+        raise ValueError(f"unknown inference mode {mode!r}; expected one of {INFERENCE_MODES}")
     model = model if model is not None else load_model(checkpoint, device)
     dataset = load_dataset(dataset_dir, split=split)
     rows = dataset.clips.to_pylist()[:max_clips]
@@ -239,8 +254,9 @@ def predict_dataset(
         video = dataset.video_file(row["video_path"])
         frames = decode_frames(video, frame_ids, video_backend)
         size = (int(row["width"]), int(row["height"]))
-        if mode == "caption":
-            prediction = grounded_caption(model, frames, size, max_new_tokens).to_prediction(threshold)
+        if mode != "phrase":
+            answer = None if mode == "caption" else tag_answer(row["caption"], row["phrases"], row["tagged_caption"]).text
+            prediction = grounded_caption(model, frames, size, max_new_tokens, answer=answer).to_prediction(threshold)
         else:
             boxes, probs = single_phrase_boxes(model, frames, row["caption"], size)
             phrase = single_phrase_answer(row["caption"]).phrases[0]

@@ -13,7 +13,7 @@ from evaluation.iground import evaluate_iground_files
 from grove.data.frames import caption_window_index, sliding_windows
 from grove.data.predictions import load_predictions, write_predictions
 from grove.infer import grounded_caption, longest_run, predict_dataset, single_phrase_boxes, temporal_grounding
-from grove.model.processor import denormalize_boxes
+from grove.model.processor import denormalize_boxes, tag_answer
 from grove.train import load_model
 from orchestration.cli import app
 
@@ -57,6 +57,22 @@ def test_dataset_predictions_are_the_official_layout_and_score(checkpoint, datas
     assert not bad and good.keys() == predictions.keys()
     report = evaluate_iground_files(dataset_dir, path, split="test", captions=False, recall=False)
     assert report.num_scored == 2 and 0.0 <= report.metrics["AP50"] <= 1.0
+
+
+def test_reference_mode_grounds_the_reference_caption(model, checkpoint, dataset_dir):
+    from grove.data.dataset import load_dataset
+    from grove.data.loader import clip_records, resolve_dataset, GroveClipDataset
+
+    row = load_dataset(dataset_dir, split="test").clips.to_pylist()[0]
+    (prediction,) = predict_dataset(checkpoint, dataset_dir, "test", mode="reference", max_clips=1).values()
+    answer = tag_answer(row["caption"], row["phrases"], row["tagged_caption"])
+    assert prediction.pred_text == row["caption"] and prediction.pred_phrases == list(answer.phrases)
+    record = clip_records(resolve_dataset(dataset_dir, "test"))[0]
+    frames = GroveClipDataset([record]).grid_frames(record)
+    direct = grounded_caption(model, frames, (record.width, record.height), answer=answer.text)
+    np.testing.assert_allclose(np.stack(prediction.pred_bboxes), direct.boxes, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown inference mode"):
+        predict_dataset(checkpoint, dataset_dir, "test", mode="oracle", model=model)
 
 
 def test_vidstg_mode_gives_one_box_per_frame(checkpoint, dataset_dir):
