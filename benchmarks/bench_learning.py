@@ -41,10 +41,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from evaluation.iground import evaluate_iground, load_iground_gt  # noqa: E402
+from grove.data.loader import GroveClipDataset, clip_records, resolve_dataset  # noqa: E402
 from grove.data.predictions import write_predictions  # noqa: E402
 from grove.data.synthetic import config_from_params, generate_dataset  # noqa: E402
-from grove.data.loader import GroveClipDataset, clip_records, resolve_dataset  # noqa: E402
 from grove.infer import predict_dataset  # noqa: E402
+from grove.model import GroveModel  # noqa: E402
 from grove.train import TrainConfig, load_model, resolve_checkpoint, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,19 +88,19 @@ def _children_cpu() -> float:
 
 
 def score(checkpoint: str, data: Path, gt, out: Path) -> dict[str, float]:
-    predictions = predict_dataset(checkpoint, data, "test")
+    model = load_model(resolve_checkpoint(checkpoint)).eval()  # one load for the three reads below
+    predictions = predict_dataset(checkpoint, data, "test", model=model)
     write_predictions(out, predictions)
     report = evaluate_iground(gt, predictions, embed=None, split="test")
-    reference = predict_dataset(checkpoint, data, "test", mode="reference")
+    reference = predict_dataset(checkpoint, data, "test", mode="reference", model=model)
     grounding = evaluate_iground(gt, reference, embed=None, captions=False, split="test")
     return {**{name: 100 * report.metrics[name] for name in METRICS}, "AP50 ref": 100 * grounding.metrics["AP50"],
-            "vision": frame_swap_gain(checkpoint, data)}
+            "vision": frame_swap_gain(model, data)}
 
 
 @torch.no_grad()
-def frame_swap_gain(checkpoint: str, data: Path, split: str = "test") -> float:
+def frame_swap_gain(model: GroveModel, data: Path, split: str = "test") -> float:
     """Teacher-forced caption CE with the next clip's frames minus with the clip's own (nats per token)."""
-    model = load_model(resolve_checkpoint(checkpoint)).eval()
     dataset = GroveClipDataset(clip_records(resolve_dataset(str(data), split, processed=True)), model.processor)
     batches = [model.processor.collate([dataset[index]]) for index in range(len(dataset))]
     own, swapped = [], []
