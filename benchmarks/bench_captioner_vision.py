@@ -34,9 +34,10 @@ from grove.data.loader import GroveClipDataset, clip_records, resolve_dataset  #
 from grove.model import GroveConfig, GroveModel  # noqa: E402
 from grove.model.losses import causal_lm_loss  # noqa: E402
 from grove.model.sequence import IGNORE_INDEX, expand_video_tokens  # noqa: E402
+from grove.model.video_selection import video_selection_loss  # noqa: E402
 from grove.train import lr_factor  # noqa: E402
 
-CAPTION_PARTS = ("llm.", "global_encoder.", "vl_projector.")
+CAPTION_PARTS = ("llm.", "global_encoder.", "vl_projector.", "video_selector.")
 
 
 def batches(model: GroveModel, data: Path, split: str, count: int) -> list[dict]:
@@ -53,16 +54,23 @@ def caption_words(model: GroveModel, batch: dict) -> torch.Tensor:
 
 
 def caption_ce(model: GroveModel, batch: dict, frames_of: dict, video_tokens: str) -> torch.Tensor:
-    """Teacher-forced caption CE of `batch` with the video of `frames_of` (the batch itself, or another clip)."""
+    """Teacher-forced caption CE of `batch` with the video of `frames_of` (the batch itself, or another
+    clip); with video_token_selection="objectness" plus that clip's token-selection BCE in training."""
+    keep, selection = None, 0.0
     if video_tokens == "caption-words":
         video = caption_words(model, frames_of)
     else:
         video = model.encode_video(frames_of["global_pixels"])
-    expanded = expand_video_tokens(batch["input_ids"], video, model.llm.get_input_embeddings(), batch["attention_mask"], batch["labels"])
+        logits, keep = model.select_video(video)
+        if logits is not None and model.training:
+            selection = video_selection_loss(logits, model.video_token_targets(frames_of))
+    embed = model.llm.get_input_embeddings()
+    expanded = expand_video_tokens(batch["input_ids"], video, embed, batch["attention_mask"], batch["labels"], video_mask=keep)
     hidden = model.llm.model(inputs_embeds=expanded.inputs_embeds, attention_mask=expanded.attention_mask, use_cache=False).last_hidden_state
     targets = expanded.labels[:, 1:]
     supervised = targets != IGNORE_INDEX
-    return causal_lm_loss(model.llm.lm_head(hidden[:, :-1][supervised]), targets[supervised])
+    ce = causal_lm_loss(model.llm.lm_head(hidden[:, :-1][supervised]), targets[supervised])
+    return ce + model.config.video_selection_weight * selection
 
 
 @torch.no_grad()
@@ -72,6 +80,20 @@ def frame_swap(model: GroveModel, val: list[dict], video_tokens: str) -> tuple[f
     swapped = np.mean([caption_ce(model, b, val[(i + 1) % len(val)], video_tokens).item() for i, b in enumerate(val)])
     model.train()
     return float(own), float(swapped)
+
+
+@torch.no_grad()
+def selection_report(model: GroveModel, val: list[dict]) -> str:
+    """With video_token_selection="objectness": share of tokens kept, and the selection's precision / recall."""
+    if model.video_selector is None:
+        return ""
+    kept = hits = objects = 0.0
+    for batch in val:
+        keep = model.select_video(model.encode_video(batch["global_pixels"]))[1].bool()
+        target = model.video_token_targets(batch).bool()
+        kept, hits, objects = kept + keep.sum().item(), hits + (keep & target).sum().item(), objects + target.sum().item()
+    total = len(val) * model.config.num_video_tokens
+    return f"; kept {kept / total:.0%} of tokens, precision {hits / max(kept, 1):.2f}, recall {hits / max(objects, 1):.2f}"
 
 
 def main() -> None:
@@ -106,8 +128,8 @@ def main() -> None:
         optimizer.step()
         if step % max(args.steps // 4, 1) == 0:
             own, swapped = frame_swap(model, val, args.video_tokens)
-            print(f"step {step}: val CE own frames {own:.3f}, another clip's {swapped:.3f}, gap {swapped - own:+.3f} "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+            print(f"step {step}: val CE own frames {own:.3f}, another clip's {swapped:.3f}, gap {swapped - own:+.3f}"
+                  f"{selection_report(model, val)} ({time.perf_counter() - started:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,10 @@ the width, so objects at the sides never reach the captioner. "pad" (LLaVA-1.5's
 keeps the whole frame: longest side to the input size, padded to a square with
 CLIP's mean colour.
 Mask-loss option `mask_dice_weight`: GLaMM's / LISA's dice term beside the BCE one (losses.py).
+Video tokens (`video_token_selection`): "all" N pooled tokens reach the LLM (the paper); "objectness"
+(not in the paper; video_selection.py) hides the tokens a box-supervised head scores as background,
+weighted by `video_selection_weight` in the loss ("vobj"). A pre-trained LLM finds the object tokens
+among the background ones by itself; a randomly initialised one does not learn to in a CPU budget.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ BoxReadout = Literal["query_mlp", "mask"]
 DecoderInit = Literal["hf", "xavier"]
 QueryPooling = Literal["none", "hidden", "embedding"]
 ImageAspect = Literal["crop", "pad"]
+VideoTokenSelection = Literal["all", "objectness"]
 
 PROFILES = ("tiny", "paper")
 FREEZING_MODES = ("paper", "full")
@@ -77,6 +82,7 @@ BOX_READOUTS = ("query_mlp", "mask")
 DECODER_INITS = ("hf", "xavier")
 QUERY_POOLINGS = ("none", "hidden", "embedding")
 IMAGE_ASPECTS = ("crop", "pad")
+VIDEO_TOKEN_SELECTIONS = ("all", "objectness")
 # the options that only box_readout="mask" uses, at their "off" values
 MASK_ONLY_OFF = {"mask_pixel_features": False, "mask_loss_weight": 0.0, "mask_dice_weight": 0.0}
 
@@ -96,6 +102,9 @@ class GroveConfig:
     video_pool: tuple[int, int, int] = (8, 4, 4)
     clip_adapters: bool = False
     clip_adapter_every: int = 3
+    # which video tokens the LLM sees (module docstring): "all" (paper) or "objectness"
+    video_token_selection: VideoTokenSelection = "all"
+    video_selection_weight: float = 1.0
     sam_adapters: bool = True
     adapter_kernel_size: int = 3
 
@@ -359,6 +368,12 @@ class GroveConfig:
             raise ValueError(f"query_phrase_pooling must be one of {QUERY_POOLINGS}, got {self.query_phrase_pooling!r}")
         if self.global_image_aspect not in IMAGE_ASPECTS:
             raise ValueError(f"global_image_aspect must be one of {IMAGE_ASPECTS}, got {self.global_image_aspect!r}")
+        if self.video_token_selection not in VIDEO_TOKEN_SELECTIONS:
+            raise ValueError(
+                f"video_token_selection must be one of {VIDEO_TOKEN_SELECTIONS}, got {self.video_token_selection!r}"
+            )
+        if self.video_selection_weight < 0:
+            raise ValueError(f"video_selection_weight must be >= 0, got {self.video_selection_weight}")
         if self.decoder_init not in DECODER_INITS:
             raise ValueError(f"decoder_init must be one of {DECODER_INITS}, got {self.decoder_init!r}")
         if self.mask_loss_weight < 0 or self.mask_dice_weight < 0:

@@ -41,7 +41,7 @@ def unused_parameter_prefixes(model: nn.Module, config: GroveConfig) -> list[str
 
 
 def paper_trainable_prefixes(model: nn.Module, config: GroveConfig) -> list[str]:
-    prefixes = ["global_encoder.adapters.", "grounding_encoder.adapters.", "box_head.", "objectness_head."]
+    prefixes = ["global_encoder.adapters.", "grounding_encoder.adapters.", "box_head.", "objectness_head.", "video_selector."]
     prefixes += [f"grounding_encoder.{name}" for name in model.grounding_encoder.position_parameter_names()]
     prefixes += ["llm.model.embed_tokens.", "llm.lm_head."]
     if config.unfreeze:

@@ -11,7 +11,7 @@
 Interface (stable; what training and inference build on):
 - `GroveModel.from_config(config, device="cpu", tokenizer=None, pretrained=True)`; `model.processor` is
   the GroveProcessor that shares the model's tokenizer.
-- `forward(batch) -> GroveOutput(loss, losses={"ce","giou","l1","tobj"}, pred_boxes, objectness_logits)`,
+- `forward(batch) -> GroveOutput(loss, losses={"ce","giou","l1","tobj"[,"vobj"]}, pred_boxes, objectness_logits)`,
   `batch` as made by `GroveProcessor.collate`.
 - `generate(global_pixels, max_new_tokens=64, question=None)`: greedy tagged answer(s); one clip
   (T,3,S,S) gives a str, a batch (B,T,3,S,S) a list. `generate_ids` returns the token ids instead.
@@ -41,6 +41,7 @@ from grove.model.losses import IGNORE_INDEX, LossWeights, causal_lm_loss, grove_
 from grove.model.processor import INFERENCE_QUESTION, GroveProcessor, parse_answer
 from grove.model.sequence import det_query_positions, expand_video_tokens, gather_positions, phrase_means
 from grove.model.tokenizer import load_tokenizer, token_ids
+from grove.model.video_selection import video_selection_loss, video_token_targets
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -90,6 +91,8 @@ class GroveModel(nn.Module):
                 config.adapter_kernel_size,
             )
             self.vl_projector = VLProjector(clip.config.hidden_size, llm_dim)
+            selecting = config.video_token_selection == "objectness"
+            self.video_selector = ObjectnessHead(llm_dim) if selecting else None
             if config.grounding_encoder == "sam":
                 self.grounding_encoder: nn.Module = SamVideoEncoder(
                     sam.vision, config.num_frames, config.sam_adapters, config.adapter_kernel_size
@@ -147,6 +150,14 @@ class GroveModel(nn.Module):
             features = self.global_encoder(global_pixels)
         return self.vl_projector(features.to(self.vl_projector[0].weight.dtype))
 
+    def select_video(self, video: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Projected video tokens (B, N, D) -> (objectness logits (B, N), keep mask (B, N)), or (None, None)
+        when every token reaches the LLM (video_token_selection="all")."""
+        if self.video_selector is None:
+            return None, None
+        logits = self.video_selector(video)
+        return logits, (logits > 0).long()
+
     def decode_boxes(
         self, features: torch.Tensor, queries: torch.Tensor, grounding_pixels: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,12 +184,15 @@ class GroveModel(nn.Module):
         return _Decoded(boxes, logits, masks, extent.reshape(batch, frames, 2))
 
     def _llm_hidden(self, input_ids, attention_mask, labels, global_pixels):
+        """-> (last hidden states, ExpandedInputs, video-token objectness logits or None)."""
         video = self.encode_video(global_pixels)
-        expanded = expand_video_tokens(input_ids, video, self.llm.get_input_embeddings(), attention_mask, labels)
+        selection_logits, keep = self.select_video(video)
+        embed = self.llm.get_input_embeddings()
+        expanded = expand_video_tokens(input_ids, video, embed, attention_mask, labels, video_mask=keep)
         hidden = self.llm.model(
             inputs_embeds=expanded.inputs_embeds, attention_mask=expanded.attention_mask, use_cache=False
         ).last_hidden_state
-        return hidden, expanded
+        return hidden, expanded, selection_logits
 
     def _queries(self, hidden: torch.Tensor, expanded) -> tuple[torch.Tensor, torch.Tensor]:
         """expanded: the ExpandedInputs the LLM read (its ids; its embeddings for phrase pooling)."""
@@ -196,7 +210,9 @@ class GroveModel(nn.Module):
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: dict) -> GroveOutput:
-        hidden, expanded = self._llm_hidden(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["global_pixels"])
+        hidden, expanded, selection_logits = self._llm_hidden(
+            batch["input_ids"], batch["attention_mask"], batch["labels"], batch["global_pixels"]
+        )
         targets = expanded.labels[:, 1:]
         supervised = targets != IGNORE_INDEX
         ce = causal_lm_loss(self.llm.lm_head(hidden[:, :-1][supervised]), targets[supervised])
@@ -222,7 +238,24 @@ class GroveModel(nn.Module):
             decoded.masks,
             decoded.extent,
         )
+        if selection_logits is not None:
+            losses["vobj"] = video_selection_loss(selection_logits, self.video_token_targets(batch))
+            loss = loss + self.config.video_selection_weight * losses["vobj"]
         return GroveOutput(loss, {k: v.detach() for k, v in losses.items()}, decoded.boxes, decoded.logits, decoded.masks)
+
+    def video_token_targets(self, batch: dict) -> torch.Tensor:
+        """(B, N) object / background targets of the video tokens from the batch's ground-truth boxes."""
+        config = self.config
+        return video_token_targets(
+            batch["gt_boxes"],
+            batch["gt_present"],
+            batch["phrase_mask"],
+            batch["original_sizes"],
+            config.video_pool,
+            self.global_encoder.grid,
+            config.global_image_size,
+            config.global_image_aspect,
+        )
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -234,8 +267,9 @@ class GroveModel(nn.Module):
         pixels = global_pixels.unsqueeze(0) if global_pixels.dim() == 4 else global_pixels
         batch = pixels.shape[0]
         prompt = torch.tensor(processor.prompt_ids(question or INFERENCE_QUESTION), device=pixels.device)
+        video = self.encode_video(pixels.to(self.device))
         expanded = expand_video_tokens(
-            prompt.expand(batch, -1), self.encode_video(pixels.to(self.device)), self.llm.get_input_embeddings()
+            prompt.expand(batch, -1), video, self.llm.get_input_embeddings(), video_mask=self.select_video(video)[1]
         )
         attention = expanded.attention_mask
         out = self.llm(inputs_embeds=expanded.inputs_embeds, attention_mask=attention, use_cache=True, logits_to_keep=1)
@@ -292,7 +326,7 @@ class GroveModel(nn.Module):
             input_ids[b, : len(row)] = torch.tensor(row)
             attention[b, : len(row)] = 1
         device = self.device
-        hidden, expanded = self._llm_hidden(input_ids.to(device), attention.to(device), None, g_pixels.to(device))
+        hidden, expanded, _ = self._llm_hidden(input_ids.to(device), attention.to(device), None, g_pixels.to(device))
         queries, valid = self._queries(hidden, expanded)
         d_pixels = d_pixels.to(device)
         features = self.grounding_encoder(d_pixels)

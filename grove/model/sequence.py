@@ -48,8 +48,10 @@ def expand_video_tokens(
     embed_tokens: torch.nn.Module,
     attention_mask: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
+    video_mask: torch.Tensor | None = None,
 ) -> ExpandedInputs:
-    """Replace each row's placeholder by its N video embeddings (B, N, D)."""
+    """Replace each row's placeholder by its N video embeddings (B, N, D); `video_mask` (B, N), where
+    given, is the attention mask of the video tokens (0 hides a token from the LLM)."""
     batch, length = input_ids.shape
     num_video = video_embeds.shape[1]
     new_length = length + num_video - 1
@@ -70,10 +72,13 @@ def expand_video_tokens(
         return out.scatter(1, positions, values).scatter(1, video_columns, video_value)
 
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+    expanded_mask = spread(mask, 1)
+    if video_mask is not None:
+        expanded_mask = expanded_mask.scatter(1, video_columns, video_mask.to(expanded_mask.dtype))
     return ExpandedInputs(
         inputs_embeds=embeds,
         input_ids=spread(input_ids, VIDEO_TOKEN_INDEX),
-        attention_mask=spread(mask, 1),
+        attention_mask=expanded_mask,
         labels=spread(labels, IGNORE_INDEX) if labels is not None else None,
     )
 

@@ -100,7 +100,7 @@ def test_phrase_pooling_gives_each_phrase_its_own_query(tiny_model):
     frames, caption, phrases, boxes = make_clip()
     batch = tiny_model.processor.collate([tiny_model.processor(frames, caption, phrases, boxes=boxes)])
     with torch.no_grad():
-        hidden, expanded = tiny_model._llm_hidden(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["global_pixels"])
+        hidden, expanded, _ = tiny_model._llm_hidden(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["global_pixels"])
         pooled, _ = tiny_model._queries(hidden, expanded)
         ids = tiny_model.processor.ids
         positions, _ = det_query_positions(expanded.input_ids, ids.det)
