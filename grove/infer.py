@@ -148,10 +148,14 @@ def grounded_caption(
         ids = tagged = answer
     parsed = parse_answer(tagged)
     boxes, logits = _ground_windows(model, global_pixels, grounding_pixels, windows, ids, INFERENCE_QUESTION, window_batch)
+    # a malformed answer (e.g. a stray "</p> [DET]") has more [DET] than phrases or fewer: the j-th [DET]
+    # pairs with the j-th phrase, and what has no partner is dropped
+    paired = min(boxes.shape[1], len(parsed.phrases))
+    boxes, logits = boxes[:, :paired], logits[:, :paired]
     return GroundedCaption(
         caption=parsed.caption,
         tagged=tagged,
-        phrases=list(parsed.phrases),
+        phrases=list(parsed.phrases[:paired]),
         boxes=denormalize_boxes(boxes.float(), width, height).cpu().numpy(),
         objectness=torch.sigmoid(logits.float()).cpu().numpy(),
     )

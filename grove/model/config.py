@@ -159,7 +159,11 @@ class GroveConfig:
             profile="tiny",
             global_image_size=64,
             grounding_image_size=128,
-            video_pool=(8, 4, 4),
+            # every CLIP patch of every frame, shown to the LLM only where the selector sees an object
+            # (module docstring): caption CE gain from the video 0.17 vs 0.006 nats/token with all of
+            # (8, 4, 4), generated-caption AP50 8.3 vs 3.7 (bench_learning, seed 42)
+            video_pool=(8, 8, 8),
+            video_token_selection="objectness",
             clip_adapters=False,
             llm=dict(
                 vocab_size=8192,
@@ -218,7 +222,7 @@ class GroveConfig:
             ),
             tokenizer_source="tiny-wordpiece",
             tiny_vocab_size=8192,
-            max_length=512,
+            max_length=1024,
             freezing="full",
             # a random-init decoder localises through SAM's mask path (module docstring)
             box_readout="mask",

@@ -39,9 +39,22 @@ def test_every_frame_takes_its_boxes_from_the_first_window_that_holds_it(model, 
         window = next(w for w in windows if frame in w)
         direct = model.ground(global_pixels[window], grounding_pixels[window], result.tagged)
         position = window.index(frame)
-        expected = denormalize_boxes(direct.boxes[position], record.width, record.height).numpy()
+        paired = len(result.phrases)  # the j-th [DET] pairs with the j-th phrase, even in a malformed answer
+        expected = denormalize_boxes(direct.boxes[position, :paired], record.width, record.height).numpy()
         np.testing.assert_allclose(result.boxes[frame], expected, rtol=1e-4, atol=1e-3)
-        np.testing.assert_allclose(result.objectness[frame], torch.sigmoid(direct.objectness_logits[position]).numpy(), atol=1e-5)
+        logits = direct.objectness_logits[position, :paired]
+        np.testing.assert_allclose(result.objectness[frame], torch.sigmoid(logits).numpy(), atol=1e-5)
+
+
+def test_a_malformed_answer_keeps_only_the_det_tokens_that_pair_with_a_phrase(model, dataset_dir):
+    from grove.data.loader import clip_records, resolve_dataset, GroveClipDataset
+
+    record = clip_records(resolve_dataset(dataset_dir, "test"))[0]
+    frames = GroveClipDataset([record]).grid_frames(record)[:8]
+    extra_det = grounded_caption(model, frames, answer="<p> the yellow square </p> [DET] moves </p> [DET] left.")
+    assert extra_det.phrases == ["the yellow square"] and extra_det.boxes.shape == (8, 1, 4)
+    extra_phrase = grounded_caption(model, frames, answer="<p> the yellow square </p> [DET] meets <p> a wall </p>.")
+    assert extra_phrase.phrases == ["the yellow square"] and extra_phrase.objectness.shape == (8, 1)
 
 
 def test_dataset_predictions_are_the_official_layout_and_score(checkpoint, dataset_dir, tmp_path):

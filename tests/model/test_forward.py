@@ -8,7 +8,8 @@ def test_tiny_forward_backward_gives_all_loss_terms(tiny_model):
     processor = tiny_model.processor
     batch = processor.collate([processor(frames, caption, phrases, boxes=boxes)])
     out = tiny_model(batch)
-    assert set(out.losses) == {"ce", "giou", "l1", "tobj", "mask", "dice"}  # mask, dice: the tiny readout (test_mask_readout.py)
+    # mask, dice: the tiny readout (test_mask_readout.py); vobj: its video-token selection (test_video_selection.py)
+    assert set(out.losses) == {"ce", "giou", "l1", "tobj", "mask", "dice", "vobj"}
     assert torch.isfinite(out.loss)
     assert out.pred_boxes.shape == (1, 8, 2, 4) and out.objectness_logits.shape == (1, 8, 2)
     out.loss.backward()

@@ -8,6 +8,7 @@ from tests.model.conftest import make_clip
 
 PAPER_TRAINABLE = (
     "global_encoder.adapters.",
+    "video_selector.",  # the tiny profile's video-token selection head
     "grounding_encoder.adapters.",
     "grounding_encoder.vision.pos_embed",
     "grounding_encoder.vision.layers.1.attn.rel_pos_",

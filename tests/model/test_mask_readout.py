@@ -100,7 +100,7 @@ def test_tiny_default_reads_boxes_from_masks_and_trains_every_mask_parameter():
     pixels, caption, phrases, boxes = make_clip()
     batch = model.processor.collate([model.processor(pixels, caption, phrases, boxes=boxes)])
     out = model(batch)
-    assert set(out.losses) == {"ce", "giou", "l1", "tobj", "mask", "dice"}
+    assert set(out.losses) == {"ce", "giou", "l1", "tobj", "mask", "dice", "vobj"}
     assert out.mask_logits.shape[-2:] == (config.mask_size, config.mask_size)
     out.loss.backward()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
