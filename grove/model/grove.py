@@ -2,6 +2,8 @@
 
     global_pixels (B,T,3,Sg,Sg) -> CLIP (penultimate layer) -> [adapters] -> AdaptiveAvgPool3d -> VL projector
         -> N video tokens spliced into the llava_v1 conversation in place of `<video>` -> LLaMA
+        (video_token_selection="objectness", tiny only: the tokens a box-supervised head scores as
+        background get attention mask 0; video_selection.py)
     hidden state just before each [DET] -> LQ projector -> one query per phrase
     grounding_pixels (B,T,3,Sd,Sd) -> SAM ViT + adapters after its global blocks -> (B,T,C,s,s)
     per (frame, phrase): SAM two-way decoder with the query as the sparse prompt -> box head (sigmoid
