@@ -161,22 +161,26 @@ def clip_pixels(frames: np.ndarray, size: int, aspect: str = "crop") -> torch.Te
     """(T,H,W,3) uint8 -> (T,3,size,size), CLIP mean / std. aspect "crop": shortest side to `size`, centre
     crop (CLIPImageProcessor); "pad": longest side to `size`, centred on CLIP's mean colour (LLaVA's expand2square)."""
     x = _as_frames(frames)
-    height, width = x.shape[-2:]
-    if aspect == "pad":
-        new_hw = sam_resize_shape(height, width, size)
-    else:
-        short, long = min(height, width), max(height, width)
-        long_new = int(size * long / short)
-        new_hw = (size, long_new) if height <= width else (long_new, size)
+    new_hw, (top, left) = clip_geometry(x.shape[-2], x.shape[-1], size, aspect)
     x = F.interpolate(x, size=new_hw, mode="bicubic", antialias=True, align_corners=False).clamp_(0, 255) / 255.0
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     x = (x - mean) / std
     if aspect == "pad":  # zero after normalisation = the mean colour
-        top, left = (size - new_hw[0]) // 2, (size - new_hw[1]) // 2
         return F.pad(x, (left, size - new_hw[1] - left, top, size - new_hw[0] - top))
-    top, left = (new_hw[0] - size) // 2, (new_hw[1] - size) // 2
-    return x[:, :, top : top + size, left : left + size]
+    return x[:, :, -top : -top + size, -left : -left + size]
+
+
+def clip_geometry(height: int, width: int, size: int, aspect: str = "crop") -> tuple[tuple[int, int], tuple[int, int]]:
+    """Where `clip_pixels` puts a height x width frame: its resized (h, w) and the (top, left) of the
+    resized frame on the size x size image (negative for "crop": the part cut off)."""
+    if aspect == "pad":
+        new_hw = sam_resize_shape(height, width, size)
+        return new_hw, ((size - new_hw[0]) // 2, (size - new_hw[1]) // 2)
+    short, long = min(height, width), max(height, width)
+    long_new = int(size * long / short)
+    new_hw = (size, long_new) if height <= width else (long_new, size)
+    return new_hw, (-((new_hw[0] - size) // 2), -((new_hw[1] - size) // 2))
 
 
 def sam_resize_shape(height: int, width: int, size: int) -> tuple[int, int]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from grove.model.processor import sam_resize_shape
+from grove.model.processor import clip_geometry
 
 
 def adaptive_bins(length: int, bins: int) -> list[tuple[int, int]]:
@@ -35,14 +35,7 @@ def canvas_boxes(boxes: torch.Tensor, original_sizes: torch.Tensor, size: int, a
     x2y2 = boxes[..., :2] + boxes[..., 2:] / 2
     scales, offsets = [], []
     for width, height in original_sizes.tolist():
-        if aspect == "pad":
-            new_h, new_w = sam_resize_shape(height, width, size)
-            left, top = (size - new_w) // 2, (size - new_h) // 2
-        else:
-            short, long = min(height, width), max(height, width)
-            long_new = int(size * long / short)
-            new_h, new_w = (size, long_new) if height <= width else (long_new, size)
-            left, top = -((new_w - size) // 2), -((new_h - size) // 2)
+        (new_h, new_w), (top, left) = clip_geometry(height, width, size, aspect)
         scales.append((new_w, new_h))
         offsets.append((left, top))
     scale = torch.tensor(scales, dtype=boxes.dtype, device=boxes.device).view(-1, 1, 1, 2)
