@@ -61,7 +61,7 @@ def test_bad_split_and_missing_data_are_named(dataset_dir, tmp_path):
 def test_frame_sampling_protocol():
     present = np.zeros((41, 2), bool)
     present[37, 1] = True  # one object, in the last segment only
-    assert sample_frame_indices(present, None) == sample_segment_indices(41) == [2, 7, 12, 17, 22, 27, 32, 37]
+    assert sample_frame_indices(present, None) == sample_segment_indices(41) == [2, 7, 12, 17, 22, 27, 32, 38]
     rng = np.random.default_rng(0)
     for _ in range(20):
         picks = sample_frame_indices(present, rng)
