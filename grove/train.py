@@ -51,6 +51,7 @@ from grove.data.loader import (
 )
 from grove.io import atomic_write_json, atomic_write_text
 from grove.model import GroveConfig, GroveModel, batch_to, tag_answer
+from grove.model.store import is_full_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -202,9 +203,10 @@ def attention_implementation(device: torch.device) -> str | None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder (holds model.safetensors), or a training output folder (its best, else last)."""
+    """A checkpoint folder (holds model.safetensors, or the index of a full-weights checkpoint), or a
+    training output folder (its best, else last)."""
     path = Path(path)
-    if (path / MODEL_FILE).exists():
+    if (path / MODEL_FILE).exists() or is_full_checkpoint(path):
         return path
     if (path / "best" / MODEL_FILE).exists():
         return path / "best"
@@ -237,8 +239,13 @@ def save_model(folder: Path, model: GroveModel, config: GroveConfig, state: dict
 
 
 def load_weights(model: GroveModel, folder: Path, strict: bool = True) -> list[str]:
-    """Load a checkpoint's trainable weights; returns the trainable names it lacked (only with strict=False)."""
+    """Load a checkpoint's trainable weights; returns the trainable names it lacked (only with strict=False).
+
+    A full-weights checkpoint has none to add: the model was built from it (`config.base_weights`).
+    """
     path = folder / MODEL_FILE
+    if not path.exists() and is_full_checkpoint(folder):
+        return []
     try:
         return model.load_trainable_state_dict(load_file(str(path)), strict=strict)
     except (KeyError, ValueError, OSError) as exc:

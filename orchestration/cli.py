@@ -10,6 +10,7 @@ from annotation.cli import app as annotate_app
 from grove.cli import app as model_app
 from evaluation.cli import app as eval_app
 from grove.data.cli import app as data_app
+from grove.weights.cli import app as weights_app
 from orchestration.commands import compare_command, demo_command, pipeline_app
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data", help="Synthetic data, conversion of official formats, video catalogs.")
 app.registered_commands += model_app.registered_commands  # `grove train`, `grove infer`
+app.add_typer(weights_app, name="weights", help="Import official GROVE / GLaMM checkpoints into this project's format.")
 app.add_typer(annotate_app, name="annotate", help="Three-stage automatic annotation of a catalog; its quality against ground truth.")
 app.add_typer(eval_app, name="eval", help="Evaluate predictions: iGround, VidSTG, ActivityNet-Entities, temporal benchmarks.")
 app.command("demo")(demo_command)

@@ -12,6 +12,16 @@ Sam2VisionConfig), so the whole config round-trips through JSON (`to_dict` / `fr
 checkpoint can carry it. `*_source` fields name a local folder or hub id to load pretrained weights
 from (`save_pretrained` layout); `None` means random initialisation from the dict.
 
+`GroveConfig.paper_small()` (profile "paper-small") is `paper()` with only widths and depths reduced
+(and random weights, float32, the download-free tokenizer): the paper's code path on a CPU.
+
+CLIP adapters as the official code runs them (official_interop.md): after every third CLIP layer,
+with `clip_adapter_rows=16` the 24x24 patch raster is read as 16 rows of 36 tokens before the 3-D
+convolution (the official `rearrange(..., h=16)`; None reads the true grid), and the tower runs under
+`no_grad`, so the adapters never train (`train_clip_adapters=False`). `paper()` keeps both quirks.
+`base_weights` names a full-weights checkpoint (an imported GROVE or GLaMM model, grove/weights/):
+a trainable-only checkpoint whose config names it loads everything else from there.
+
 Freezing (grove_spec 2.2): `freezing="paper"` trains the adapters, the interpolated SAM position
 embeddings, the box decoder, both heads, both projectors and the LLM's `embed_tokens` and `lm_head`;
 `freezing="full"` trains everything the forward pass uses (the `tiny` default: a randomly initialised
@@ -75,7 +85,7 @@ QueryPooling = Literal["none", "hidden", "embedding"]
 ImageAspect = Literal["crop", "pad"]
 VideoTokenSelection = Literal["all", "objectness"]
 
-PROFILES = ("tiny", "paper")
+PROFILES = ("tiny", "paper", "paper-small")
 FREEZING_MODES = ("paper", "full")
 GROUNDING_ENCODERS = ("sam", "sam2")
 BOX_READOUTS = ("query_mlp", "mask")
@@ -102,6 +112,11 @@ class GroveConfig:
     video_pool: tuple[int, int, int] = (8, 4, 4)
     clip_adapters: bool = False
     clip_adapter_every: int = 3
+    # how a CLIP adapter reads the patch raster (module docstring): None = the true square grid;
+    # R = as R rows of N / R tokens (the official code reads 24x24 tokens as 16x36, `paper()`)
+    clip_adapter_rows: int | None = None
+    # the official CLIP tower runs under no_grad, so its adapters never train (`paper()`: False)
+    train_clip_adapters: bool = True
     # which video tokens the LLM sees (module docstring): "all" (paper) or "objectness"
     video_token_selection: VideoTokenSelection = "all"
     video_selection_weight: float = 1.0
@@ -114,6 +129,9 @@ class GroveConfig:
     sam_decoder: dict[str, Any] = field(default_factory=dict)
     sam2: dict[str, Any] = field(default_factory=dict)
 
+    # a full-weights checkpoint folder (grove weights import) that gives every weight a trainable-only
+    # checkpoint leaves out; relative paths resolve against the folder of the config that names it
+    base_weights: str | None = None
     # pretrained components: a local folder or hub id each (None: random init from the dicts above)
     llm_source: str | None = None
     clip_source: str | None = None
@@ -249,7 +267,9 @@ class GroveConfig:
             global_image_size=336,
             grounding_image_size=512,
             video_pool=(8, 8, 9),
-            clip_adapters=False,
+            clip_adapters=True,
+            clip_adapter_rows=16,
+            train_clip_adapters=False,
             llm=dict(
                 vocab_size=32000,
                 hidden_size=4096,
@@ -317,10 +337,60 @@ class GroveConfig:
         return cls(**base)
 
     @classmethod
+    def paper_small(cls, **overrides: Any) -> "GroveConfig":
+        """`paper()` at reduced widths and depths, for CPUs: every option and code path of the paper
+        (its image sizes, grids, 576 video tokens, adapters and their official reshape, query MLP,
+        freezing), with random weights (no sources), float32 and the download-free tokenizer."""
+        base = dict(
+            profile="paper-small",
+            llm=dict(
+                vocab_size=32000,
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=4,
+                max_position_embeddings=4096,
+                rms_norm_eps=1e-5,
+                tie_word_embeddings=False,
+            ),
+            clip=dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=6,
+                num_attention_heads=2,
+                image_size=336,
+                patch_size=14,
+                hidden_act="quick_gelu",
+            ),
+            sam=dict(
+                hidden_size=32,
+                output_channels=32,
+                num_hidden_layers=4,
+                num_attention_heads=2,
+                image_size=512,
+                patch_size=16,
+                window_size=14,
+                global_attn_indexes=[1, 3],
+                mlp_ratio=4.0,
+                num_pos_feats=16,
+                initializer_range=0.02,
+            ),
+            sam_decoder=dict(hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=32),
+            llm_source=None,
+            clip_source=None,
+            sam_source=None,
+            tokenizer_source="tiny-wordpiece",
+            dtype="float32",
+        )
+        base.update(overrides)
+        return cls.paper(**base)
+
+    @classmethod
     def from_profile(cls, name: str, **overrides: Any) -> "GroveConfig":
         if name not in PROFILES:
             raise ValueError(f"unknown model profile {name!r}; expected one of {PROFILES}")
-        return getattr(cls, name)(**overrides)
+        return getattr(cls, name.replace("-", "_"))(**overrides)
 
     # ------------------------------------------------------------------ derived sizes
     @property
@@ -361,9 +431,18 @@ class GroveConfig:
             raise ValueError(f"grounding_image_size {self.grounding_image_size} is not a multiple of the SAM patch {sam_patch}")
         if self.grounding_encoder == "sam2" and self.grounding_image_size % 32:
             raise ValueError(f"grounding_image_size {self.grounding_image_size} must be a multiple of 32 for SAM2")
+        self._validate_clip_adapters()
         if self.sam.get("num_pos_feats", 128) * 2 != self.decoder_dim:
             raise ValueError("sam.num_pos_feats * 2 must equal sam_decoder.hidden_size (the image PE width)")
         self._validate_readout()
+
+    def _validate_clip_adapters(self) -> None:
+        rows = self.clip_adapter_rows
+        if rows is None or not self.clip_adapters or "image_size" not in self.clip:
+            return
+        patches = (int(self.clip["image_size"]) // int(self.clip.get("patch_size", 14))) ** 2
+        if rows <= 0 or patches % rows:
+            raise ValueError(f"clip_adapter_rows={rows} does not divide the {patches} CLIP patches")
 
     def _validate_readout(self) -> None:
         if self.box_readout not in BOX_READOUTS:
@@ -408,11 +487,20 @@ class GroveConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "GroveConfig":
+        """Read a config; its relative `base_weights` and a relative `tokenizer_source` that exists there
+        resolve against the file's folder (an imported checkpoint names itself and its tokenizer so)."""
         path = Path(path)
         try:
-            return cls.from_dict(json.loads(path.read_text()))
+            config = cls.from_dict(json.loads(path.read_text()))
         except (json.JSONDecodeError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: not a valid GroveConfig: {exc}") from exc
+        folder = path.parent.resolve()
+        if config.base_weights is not None and not Path(config.base_weights).is_absolute():
+            config.base_weights = str((folder / config.base_weights).resolve())
+        tokenizer = Path(config.tokenizer_source)
+        if not tokenizer.is_absolute() and (folder / tokenizer).is_dir():
+            config.tokenizer_source = str(folder / tokenizer)
+        return config
 
     def replace(self, **changes: Any) -> "GroveConfig":
         return dataclasses.replace(self, **changes)

@@ -2,8 +2,9 @@
 
 Global encoder Ve (grove_spec 1.2): CLIP run frame by frame up to `hidden_states[select_layer]`
 (the penultimate layer; later layers are never computed), patch tokens only, optional adapters after
-every `adapter_every`-th layer (patch tokens only, CLS untouched), then AdaptiveAvgPool3d over
-(T, h, w) to `video_pool`, flattened in (t, h, w) order.
+every `adapter_every`-th layer (patch tokens only, CLS untouched; on the true grid, or on the raster
+read as `adapter_rows` rows as the official code does), then AdaptiveAvgPool3d over (T, h, w) to
+`video_pool`, flattened in (t, h, w) order.
 
 Grounding encoder Vg (grove_spec 1.5): SAM's ViT run frame by frame with a spatio-temporal adapter
 after each global-attention block, then the neck: (B, T, 256, h, w). The position embeddings live at
@@ -33,6 +34,7 @@ class GlobalVideoEncoder(nn.Module):
         adapters: bool = False,
         adapter_every: int = 3,
         kernel_size: int = 3,
+        adapter_rows: int | None = None,
     ) -> None:
         super().__init__()
         self.clip = clip
@@ -50,6 +52,9 @@ class GlobalVideoEncoder(nn.Module):
         )
         self.pool = nn.AdaptiveAvgPool3d(video_pool)
         self.grid = clip.config.image_size // clip.config.patch_size
+        # the raster the adapters convolve: the true grid, or the official (rows, N / rows) reading
+        rows = adapter_rows or self.grid
+        self.adapter_raster = (rows, self.grid * self.grid // rows)
 
     def unused_parameter_prefixes(self) -> list[str]:
         """Layers after the selected one and the post-layernorm never run."""
@@ -65,7 +70,7 @@ class GlobalVideoEncoder(nn.Module):
             hidden = self.clip.encoder.layers[index](hidden, None)
             if str(index) in self.adapters:
                 cls_token, patches = hidden[:, :1], hidden[:, 1:]
-                grid = patches.reshape(-1, self.grid, self.grid, patches.shape[-1])
+                grid = patches.reshape(-1, *self.adapter_raster, patches.shape[-1])
                 patches = self.adapters[str(index)].forward_grid(grid, frames).flatten(1, 2)
                 hidden = torch.cat([cls_token, patches], dim=1)
         patches = hidden[:, 1:]

@@ -1,6 +1,7 @@
 """Which parameters train (grove_spec 2.2, Table 6).
 
-`freezing="paper"` (the paper's recipe): trainable are the spatio-temporal adapters, the SAM position
+`freezing="paper"` (the paper's recipe): trainable are the spatio-temporal adapters (the CLIP ones only
+with `train_clip_adapters`: the official tower runs under no_grad, so they never train), the SAM position
 embeddings (interpolated to the working resolution), the box decoder (SAM's mask decoder), the box
 and objectness heads, the VL and LQ projectors, and the LLM's `embed_tokens` and `lm_head`. Frozen:
 the CLIP and SAM backbones, SAM's prompt-encoder parts, every LLM transformer layer.
@@ -41,7 +42,9 @@ def unused_parameter_prefixes(model: nn.Module, config: GroveConfig) -> list[str
 
 
 def paper_trainable_prefixes(model: nn.Module, config: GroveConfig) -> list[str]:
-    prefixes = ["global_encoder.adapters.", "grounding_encoder.adapters.", "box_head.", "objectness_head.", "video_selector."]
+    prefixes = ["grounding_encoder.adapters.", "box_head.", "objectness_head.", "video_selector."]
+    if config.train_clip_adapters:
+        prefixes.append("global_encoder.adapters.")
     prefixes += [f"grounding_encoder.{name}" for name in model.grounding_encoder.position_parameter_names()]
     prefixes += ["llm.model.embed_tokens.", "llm.lm_head."]
     if config.unfreeze:

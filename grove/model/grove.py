@@ -91,6 +91,7 @@ class GroveModel(nn.Module):
                 config.clip_adapters,
                 config.clip_adapter_every,
                 config.adapter_kernel_size,
+                config.clip_adapter_rows,
             )
             self.vl_projector = VLProjector(clip.config.hidden_size, llm_dim)
             selecting = config.video_token_selection == "objectness"
@@ -129,9 +130,14 @@ class GroveModel(nn.Module):
         tokenizer: "PreTrainedTokenizerBase | None" = None,
         pretrained: bool = True,
     ) -> "GroveModel":
-        """The tokenizer (built or loaded from `config.tokenizer_source`), the components (from their
-        sources when `pretrained`, else random), cast to `config.dtype` and moved to `device`."""
+        """The tokenizer (built or loaded from `config.tokenizer_source`), the components (from the
+        full-weights folder `config.base_weights`, else from their sources when `pretrained`, else
+        random), cast to `config.dtype` and moved to `device`."""
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.tokenizer_source, config.tiny_vocab_size)
+        if pretrained and config.base_weights is not None:
+            from grove.model.store import model_from_base
+
+            return model_from_base(config, tokenizer, device)
         model = cls(config, tokenizer, pretrained=pretrained)
         return model.to(device=torch.device(device), dtype=torch_dtype(config.dtype))
 

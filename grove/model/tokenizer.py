@@ -113,12 +113,28 @@ def load_tokenizer(source: str, tiny_vocab_size: int = 8192) -> "PreTrainedToken
             tokenizer = AutoTokenizer.from_pretrained(source)
         except OSError as exc:
             raise OSError(f"cannot load the tokenizer from {source!r} (a local folder or a reachable hub id): {exc}") from exc
-        missing = [t for t in ADDED_TOKENS if t not in tokenizer.get_vocab()]
-        if missing:
-            tokenizer.add_tokens(missing, special_tokens=True)
-        if tokenizer.pad_token is None:
-            # GLaMM / LLaVA use pad = unk for LLaMA
-            tokenizer.pad_token = tokenizer.unk_token
+        tokenizer = official_vocabulary(tokenizer)
+    check_single_ids(tokenizer)
+    return tokenizer
+
+
+def official_vocabulary(tokenizer: "PreTrainedTokenizerBase") -> "PreTrainedTokenizerBase":
+    """GROVE's tokens added as the official train.py adds them, so their ids and embedding rows are the official ones.
+
+    From GLaMM's tokenizer (it already holds `<p>`, `</p>`, `<bbox>`, `[SEG]`; the paper's starting point):
+    `<vid_start>`, `<vid_end>`, then `[DET]` (ids 32007, 32008, 32009 on GLaMM's 32007). From a plain LLaMA
+    tokenizer (the official not-pretrained branch): `<vid_start>`, `<vid_end>`, then `<bbox>`, `<point>`,
+    `[DET]`, `<p>`, `</p>`. Tokens already present (a GROVE checkpoint's tokenizer) are left where they are.
+    pad = unk, as GLaMM / LLaVA set it for LLaMA.
+    """
+    from_glamm = P_START in tokenizer.get_vocab()
+    groups = [[VID_START, VID_END], [DET] if from_glamm else ["<bbox>", "<point>", DET, P_START, P_END]]
+    for group in groups:
+        new = [t for t in group if t not in tokenizer.get_vocab()]
+        if new:
+            tokenizer.add_tokens(new, special_tokens=True)
+    if tokenizer.unk_token is not None:
+        tokenizer.pad_token = tokenizer.unk_token
     check_single_ids(tokenizer)
     return tokenizer
 
