@@ -68,6 +68,7 @@ def annotate(
     clip_seconds: Optional[float] = typer.Option(None, help="Split longer videos into clips; writes the caption hierarchy."),
     segment_clips: int = typer.Option(4, help="Long videos: clips per segment description."),
     video_backend: str = typer.Option("pyav", help="Video decoding backend for real stage-1 models."),
+    dataset_name: str = typer.Option("auto", "--dataset-name", help="The `dataset` column of the annotated clips (what a model trained on them records)."),
     force: bool = typer.Option(False, help="Redo shards that are already done."),
 ) -> None:
     """Annotate a catalog: frame captions, video captions with tagged phrases, boxes per phrase."""
@@ -84,7 +85,7 @@ def annotate(
         stage2_options=parse_options(stage2_option, "--stage2-option"),
         stage3_options=parse_options(stage3_option, "--stage3-option"),
         frame_stride=frame_stride, fill_gaps=fill_gaps, smooth_radius=smooth_radius, tracking=tracking,
-        video_backend=video_backend, clip_seconds=clip_seconds, segment_clips=segment_clips,
+        video_backend=video_backend, clip_seconds=clip_seconds, segment_clips=segment_clips, dataset_name=dataset_name,
     )
     try:
         run = run_annotation(catalog, out, config, shard_size=shard_size, progress=_progress_printer(), force=force)

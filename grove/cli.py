@@ -105,11 +105,14 @@ def infer_command(
     import torch
 
     from grove.infer import infer_video, predict_dataset, temporal_grounding
-    from grove.train import load_model
+    from grove.train import load_model, provenance_note
 
     if device == "cpu":
         torch.set_num_threads(max(1, threads))
 
+    note = provenance_note(checkpoint)
+    if note is not None:
+        typer.echo(f"note: {note}", err=True)
     model = load_model(checkpoint, device)
     if data is not None:
         from grove.data.predictions import write_predictions
@@ -123,6 +126,8 @@ def infer_command(
         raise typer.BadParameter(f"{video}: no such file", param_hint="--video")
     result = infer_video(model, video, threshold, start, end)
     payload = result.to_json()
+    if note is not None:
+        payload["note"] = note
     if query is not None:
         grounding = temporal_grounding(model, result.frames, result.times_s, query, threshold, (result.frames.shape[2], result.frames.shape[1]))
         payload["query"] = {"text": query, "start_s": grounding.start_s, "end_s": grounding.end_s,

@@ -62,6 +62,9 @@ CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
 TRAINER_FILE = "trainer_state.pt"
 LAST_FILE = "last.json"
+PROVENANCE_FILE = "provenance.json"
+# datasets of rendered videos: `grove data synth`, and the demo's auto-annotation of them (params.yaml)
+SYNTHETIC_DATASETS = {"synthetic", "synthetic-auto"}
 GROUNDING_TERMS = ("giou", "l1", "tobj")
 
 
@@ -229,13 +232,95 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return folder
 
 
-def save_model(folder: Path, model: GroveModel, config: GroveConfig, state: dict[str, Any]) -> None:
-    """The trainable weights (frozen ones are rebuilt from the config: sources or `init_seed`)."""
+def save_model(
+    folder: Path, model: GroveModel, config: GroveConfig, state: dict[str, Any], provenance: dict[str, Any] | None = None
+) -> None:
+    """The trainable weights (frozen ones are rebuilt from the config: `base_weights`, sources or
+    `init_seed`), and where they came from (`provenance.json`, with the step)."""
     # safetensors refuses shared storage; cloning also detaches the tensors from training
     weights = {name: t.detach().to("cpu").contiguous().clone() for name, t in model.trainable_state_dict().items()}
     save_file(weights, str(folder / MODEL_FILE), metadata={"format": "pt"})
     atomic_write_text(folder / CONFIG_FILE, config.to_json() + "\n")
     atomic_write_json(folder / STATE_FILE, state)
+    if provenance is not None:
+        atomic_write_json(folder / PROVENANCE_FILE, {**provenance, "step": state.get("step")})
+
+
+def read_provenance(folder: str | Path) -> dict[str, Any] | None:
+    """A checkpoint's provenance.json (imported from where, or trained on what from what), if it has one."""
+    path = Path(folder) / PROVENANCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: unreadable provenance ({exc})") from exc
+
+
+def training_provenance(config: TrainConfig, model_config: GroveConfig, datasets: dict[str, int]) -> dict[str, Any]:
+    """What a trained checkpoint records: the data and profile, and the provenance of what it started from."""
+    start = None
+    if config.init is not None:
+        init = resolve_checkpoint(config.init)
+        start = {"path": str(init.resolve()), "provenance": read_provenance(init)}
+    elif model_config.base_weights is not None:
+        start = {"path": model_config.base_weights, "provenance": read_provenance(model_config.base_weights)}
+    return {
+        "origin": "trained",
+        "model_profile": model_config.profile,
+        "train_data": str(Path(config.train_data).resolve()),
+        "train_split": config.train_split,
+        "train_datasets": datasets,
+        "seed": config.seed,
+        "started_from": start,
+    }
+
+
+def pretrained_origin(provenance: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The imported checkpoint at the root of a provenance chain (GROVE, GLaMM), or None for random weights."""
+    while provenance is not None:
+        if provenance.get("origin") == "imported":
+            return provenance
+        start = provenance.get("started_from")
+        provenance = start.get("provenance") if start else None
+    return None
+
+
+IMPORT_HINT = (
+    "to caption real videos, import the released GROVE weights (see the README, 'The published model'): "
+    "grove weights import --from grove SRC --out DIR, then grove infer --checkpoint DIR"
+)
+
+
+def provenance_note(checkpoint: str | Path) -> str | None:
+    """A warning for a checkpoint that never started from pretrained weights (what it was trained on, and
+    how to get real weights); None for one that descends from an imported GROVE / GLaMM checkpoint."""
+    folder = resolve_checkpoint(checkpoint)
+    provenance = read_provenance(folder)
+    if pretrained_origin(provenance) is not None:
+        return None
+    config = GroveConfig.from_json_file(folder / CONFIG_FILE)
+    if config.base_weights is not None or config.llm_source is not None:
+        return None  # built on pretrained components (a base folder or hub sources)
+    datasets = trained_datasets(provenance)
+    if not datasets:
+        what = "has no training record (no provenance.json)" if provenance is None else "was never trained"
+        return f"{folder}: this '{config.profile}' model started from random weights and {what}; {IMPORT_HINT}"
+    seen = ", ".join(f"{name} ({count} clips)" for name, count in sorted(datasets.items()))
+    kind = "only on synthetic data: " if set(datasets) <= SYNTHETIC_DATASETS else "on "
+    return (f"{folder}: this '{config.profile}' model was trained {kind}{seen}, having started from random weights, "
+            f"so its captions of real videos mean little; {IMPORT_HINT}")
+
+
+def trained_datasets(provenance: dict[str, Any] | None) -> dict[str, int]:
+    """Training clips per dataset over the whole chain of trained checkpoints."""
+    totals: dict[str, int] = {}
+    while provenance is not None and provenance.get("origin") == "trained":
+        for name, count in provenance.get("train_datasets", {}).items():
+            totals[name] = totals.get(name, 0) + count
+        start = provenance.get("started_from")
+        provenance = start.get("provenance") if start else None
+    return totals
 
 
 def load_weights(model: GroveModel, folder: Path, strict: bool = True) -> list[str]:
@@ -285,11 +370,12 @@ class Checkpointer:
     """Writes step checkpoints (atomically: a temporary folder renamed into place), the `last`
     pointer, and the best model; reads them back for resuming."""
 
-    def __init__(self, out_dir: Path, dist: DistEnv, keep_last: int) -> None:
+    def __init__(self, out_dir: Path, dist: DistEnv, keep_last: int, provenance: dict[str, Any] | None = None) -> None:
         self.root = out_dir / "checkpoints"
         self.best = out_dir / "best"
         self.dist = dist
         self.keep_last = keep_last
+        self.provenance = provenance
 
     def save(self, step: int, model: GroveModel, config: GroveConfig, optimizer, scheduler, state: dict) -> Path:
         name = f"step_{step:08d}"
@@ -302,7 +388,7 @@ class Checkpointer:
         torch.save(rng_state(), tmp / f"rng_rank{self.dist.rank}.pt")
         _barrier(self.dist)
         if self.dist.is_main:
-            save_model(tmp, model, config, state)
+            save_model(tmp, model, config, state, self.provenance)
             trainer = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
             torch.save(trainer, tmp / TRAINER_FILE)
             shutil.rmtree(final, ignore_errors=True)
@@ -323,7 +409,7 @@ class Checkpointer:
         tmp = self.best.with_name(".tmp-best")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_model(tmp, model, config, state)
+        save_model(tmp, model, config, state, self.provenance)
         old = self.best.with_name(".old-best")
         shutil.rmtree(old, ignore_errors=True)
         if self.best.exists():
@@ -377,9 +463,16 @@ def _model_config(config: TrainConfig) -> GroveConfig:
 
 
 def _records(data: str | None, split: str, boxes: str | None, video_root: str | None) -> list[ClipRecord]:
+    return _records_and_sources(data, split, boxes, video_root)[0]
+
+
+def _records_and_sources(data: str | None, split: str, boxes: str | None, video_root: str | None) -> tuple[list[ClipRecord], dict[str, int]]:
+    """The clips, and how many come from each dataset (the clip table's `dataset` column)."""
     if data is None:
-        return []
-    return clip_records(resolve_dataset(data, split, processed=True, boxes=boxes, video_root=video_root))
+        return [], {}
+    dataset = resolve_dataset(data, split, processed=True, boxes=boxes, video_root=video_root)
+    names = dataset.clips.column("dataset").to_pylist()
+    return clip_records(dataset), {name: names.count(name) for name in sorted(set(names))}
 
 
 def check_answers(records: list[ClipRecord], source: str, skip: bool) -> list[ClipRecord]:
@@ -498,11 +591,12 @@ class _Data:
     total_steps: int
     eval_every: int
     save_every: int
+    datasets: dict[str, int]  # training clips per source dataset
 
 
 def _plan(config: TrainConfig, dist: DistEnv) -> _Data:
     """Read and check the clips first, so bad data fails before a model is built."""
-    train_records = _records(config.train_data, config.train_split, config.train_boxes, config.video_root)
+    train_records, datasets = _records_and_sources(config.train_data, config.train_split, config.train_boxes, config.video_root)
     train_records = check_answers(train_records, config.train_data, config.skip_bad_clips)
     val_records = check_answers(_val_records(config), config.val_data or config.train_data, config.skip_bad_clips)
     world_batch = config.micro_batch_size * dist.world_size
@@ -511,7 +605,7 @@ def _plan(config: TrainConfig, dist: DistEnv) -> _Data:
     steps_per_epoch = max(1, len(train_records) // config.batch_size)
     total_steps = config.max_steps if config.max_steps is not None else math.ceil(config.epochs * steps_per_epoch)
     eval_every = config.eval_every or steps_per_epoch
-    return _Data(train_records, val_records, steps_per_epoch, total_steps, eval_every, config.save_every or eval_every)
+    return _Data(train_records, val_records, steps_per_epoch, total_steps, eval_every, config.save_every or eval_every, datasets)
 
 
 def _loaders(config: TrainConfig, data: _Data, processor: Any, start_step: int, dist: DistEnv):
@@ -569,7 +663,7 @@ def train(config: TrainConfig, callback: MetricsCallback | None = None) -> Train
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config.warmup_steps, data.total_steps))
-    checkpointer = Checkpointer(out_dir, dist, config.keep_last)
+    checkpointer = Checkpointer(out_dir, dist, config.keep_last, training_provenance(config, model_config, data.datasets))
     metrics_path = out_dir / "metrics.jsonl"
     start_step = 0
     resume_from = latest_checkpoint(out_dir) if config.resume else None

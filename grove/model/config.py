@@ -361,6 +361,7 @@ class GroveConfig:
                 num_attention_heads=2,
                 image_size=336,
                 patch_size=14,
+                projection_dim=32,
                 hidden_act="quick_gelu",
             ),
             sam=dict(

@@ -103,13 +103,16 @@ def _target_config(kind: str, source: SourceCheckpoint, clip: SourceCheckpoint |
         heads = _local_clip_heads(llm_config.get("mm_vision_tower"))
     if heads:  # the head count is not in the weights; a CLIP config beside them says it
         clip_dims["num_attention_heads"] = int(heads)
+    # GROVE checkpoints hold SAM's position embeddings at GROVE's input size; GLaMM's at 1024 px, resized
+    sam_patch = shapes[official.SAM + "patch_embed.proj.weight"][2]
+    grounding_size = GROUNDING_IMAGE_SIZE if kind == "glamm" else shapes[official.SAM + "pos_embed"][1] * sam_patch
     return GroveConfig.paper(
         llm=official.llm_dims(llm_config, shapes),
         clip=clip_dims,
-        sam=official.sam_dims(shapes, GROUNDING_IMAGE_SIZE),
+        sam=official.sam_dims(shapes, grounding_size),
         sam_decoder=official.decoder_dims(shapes, decoder_heads),
         global_image_size=clip_dims["image_size"],
-        grounding_image_size=GROUNDING_IMAGE_SIZE,
+        grounding_image_size=grounding_size,
         llm_source=None,
         clip_source=None,
         sam_source=None,

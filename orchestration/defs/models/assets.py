@@ -14,6 +14,7 @@ import dagster as dg
 from orchestration.defs.benchmarks.assets import IGROUND
 from orchestration.defs.common import FT_ONLY, OWNERS, code_version, dvc_stage, input_versions
 from orchestration.defs.models.partitions import pretrained_of_variant, variant_partitions
+from orchestration.defs.raw_videos.assets import external_folder
 from orchestration.defs.scaling.assets import SUBSET
 from orchestration.defs.scaling.partitions import size_partitions
 from orchestration.profile import Profile
@@ -33,6 +34,18 @@ def train_config(context: dg.AssetExecutionContext, profile: Profile, phase: str
     """
     resume = context.run.parent_run_id is not None
     return {"model": profile.get("model.config"), "seed": profile.seed, **dict(profile.get(f"model.{phase}")), **fields, "resume": resume}
+
+
+GLAMM_DESCRIPTION = "the imported GLaMM checkpoint (`grove weights import --from glamm SRC --out DIR`)"
+
+
+def start_from(profile: Profile) -> str | None:
+    """The checkpoint every training of the profile starts from when nothing better is given (the paper
+    profile: GLaMM, as the official train.py), or None (random initialisation)."""
+    setting = profile.get("model.start_from", None)
+    if setting is None:
+        return None
+    return str(external_folder(setting["env"], GLAMM_DESCRIPTION))
 
 
 def train_through_pipes(
@@ -83,7 +96,8 @@ def build(profile: Profile) -> list:
         code_version=code_version(profile, "1", "seed", "model.config", "model.pretrain", "model.nproc_per_node"),
         automation_condition=dg.AutomationCondition.eager(),
         description="GROVE pre-trained on one pre-training subset (the HowToGround1M stand-in), in a "
-        "torchrun subprocess through Dagster Pipes; safetensors checkpoints, the best by validation loss.",
+        "torchrun subprocess through Dagster Pipes; safetensors checkpoints, the best by validation loss. "
+        "Starts from the profile's `model.start_from` (the paper: GLaMM) or from random weights.",
     )
     def pretrained_model(
         context: dg.AssetExecutionContext, paths: PipelinePaths, launcher: PipesLauncher, mlflow: MlflowResource, dvc: DvcResource
@@ -91,7 +105,8 @@ def build(profile: Profile) -> list:
         size = context.partition_key
         subset = paths.path("subsets", size)
         config = train_config(
-            context, profile, "pretrain", train_data=str(subset), out_dir=str(paths.path("pretrained", size)), train_split=pool_split or "all"
+            context, profile, "pretrain", train_data=str(subset), out_dir=str(paths.path("pretrained", size)),
+            train_split=pool_split or "all", init=start_from(profile),
         )
         return train_through_pipes(
             context, launcher=launcher, mlflow=mlflow, dvc=dvc, config=config, inputs={"subset": (SUBSET, size)}, stage=dvc_stage("pretrain", size)
@@ -108,7 +123,8 @@ def build(profile: Profile) -> list:
         code_version=code_version(profile, "1", "seed", "model.config", "model.finetune", "model.nproc_per_node"),
         automation_condition=dg.AutomationCondition.eager(),
         description="GROVE fine-tuned on iGround's train split (validated on val), starting from the "
-        f"pre-trained model of the partition's size; partition '{FT_ONLY}' starts from scratch.",
+        f"pre-trained model of the partition's size; partition '{FT_ONLY}' starts from the profile's "
+        "`model.start_from` (the paper: GLaMM) or from scratch.",
     )
     def finetuned_model(
         context: dg.AssetExecutionContext, paths: PipelinePaths, launcher: PipesLauncher, mlflow: MlflowResource, dvc: DvcResource
@@ -116,7 +132,7 @@ def build(profile: Profile) -> list:
         variant = context.partition_key
         benchmark = paths.path("iground")
         inputs = {"iground": (IGROUND, None)}
-        init = None
+        init = start_from(profile)
         if variant != FT_ONLY:
             init = paths.path("pretrained", variant)
             inputs["pretrained"] = (PRETRAINED, variant)
