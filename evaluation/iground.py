@@ -1,31 +1,49 @@
-"""iGround grounded video caption generation: METEOR/CIDEr, AP50 and Recall as GROVE's `eval_iground.py` computes them.
+"""iGround grounded video caption generation: captions, AP50, mIoU and Recall as GROVE's `eval_iground.py` computes them.
 
 The official evaluator (grove_spec.md 4.2, metrics_spec.md 7), run `--evaluation_mode per_video`:
-- a clip is scored only if it has a non-empty prediction; if it has one more predicted frame than GT
-  frames, the last is dropped;
-- GT boxes (raw pickle) are int-truncated; predicted boxes are clamped to the frame, int-truncated,
-  and written with score 1.0; only boxes zipped with a label are written;
-- AP50: COCOeval per video, one category, every frame an image; AP at IoU 0.5 averaged over videos;
+- GT clips are visited in the GT file's order; a clip without a prediction, or whose prediction has
+  no frame, is left out (it prints a warning for the first only); a prediction with more frames than
+  GT loses its LAST frame (once), then the frame counts must agree (else its assertion stops the run);
+- GT boxes are int-truncated; predicted boxes are clamped to the frame, int-truncated and written with
+  score 1.0, frame t's boxes zipped with frame t's labels (`pred_bboxes[t]` with `pred_labels[t]`);
+- AP50: COCOeval per video, one category, every frame an image; `stats[1]` averaged over videos
+  (a video without GT boxes contributes COCOeval's -1);
+- captions: pycocoevalcap (BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE) over the scored clips;
+- mIoU: per frame with both predicted and GT boxes, the mean of the WHOLE IoU matrix (`compute_iou`,
+  +1-pixel areas, on COCO xywh boxes read as corners); averaged over the video's frames (0 without
+  any), then over videos;
 - Recall: per frame, greedy over the GT x prediction IoU matrix (global argmax; stop at the first
-  pair with IoU < 0.5 or phrase similarity < 0.5), TP summed over the video's frames / its GT boxes,
-  averaged over videos;
-- captions: pycocoevalcap over the scored clips, one GT caption each.
+  pair with IoU < 0.5 or phrase similarity < 0.5), TP summed over the video's frames / its GT boxes
+  (0 without GT), averaged over videos.
 
-Its quirks are named protocol options (`IGroundProtocol`), recorded in the output; `OFFICIAL` (the
-default) reproduces the official numbers, `CORRECTED` fixes every one of them:
-- `pairing`: GROVE writes `pred_bboxes[t]` for every query but `pred_labels[t]` only for the queries
-  kept by objectness, and the evaluator zips the two, so the k kept labels go with the first k boxes
-  ("official"); "by_query" keeps box j with phrase j.
+Prediction layouts (`grove.data.predictions`): "kept-only" records (what `infer_iground.py` writes:
+`pred_bboxes[t]` = the K_t kept boxes, `probs_temp_objectness[t]` = Q values) and "all-query" records
+(`grove infer` adds every query's box as `all_bboxes`). Both are scored as written by default.
+
+Protocol options (`IGroundProtocol`), recorded in the output; `OFFICIAL` (the default) reproduces the
+official numbers, `CORRECTED` changes every quirk:
+- `objectness_threshold`: None (default): the records as written, filtered at inference. A number
+  re-filters each frame at that threshold (strict >) before pairing: an all-query record is
+  re-filtered from `all_bboxes` (any threshold); a kept-only record only loses boxes: its kept boxes
+  are matched to their queries by probability (`kept_queries`) and those at or below the threshold
+  drop; a threshold under which a DROPPED query would pass cannot be applied (its box is gone), nor
+  can any threshold on a record without probabilities: such clips are invalid (named, counted).
+- `pairing`: "official" zips `pred_bboxes[t]` with `pred_labels[t]`; "by_query" pairs the box of query j
+  with phrase j, the query of each box coming from `all_bboxes` or, for kept-only records, from
+  `kept_queries`. In both layouts the boxes are kept in query order and the labels are their
+  queries' phrases, so the two agree on every record they describe correctly; they differ on
+  records whose labels do not follow their boxes (e.g. the all-box records of earlier grove
+  versions, reported as `layout_mismatch`). "by_query" on a record without probabilities is an error.
 - `ap_scores`: every box scores 1.0, so AP depends on COCOeval's image order ("constant"); or each
-  box's temporal objectness ("objectness").
-- `recall_boxes`: recall IoU is computed on COCO xywh boxes read as corners ("xywh_as_xyxy"), or
-  on the xyxy boxes ("xyxy"); both with the +1-pixel areas of `compute_iou`.
-- `empty_gt_videos`: a clip without GT boxes enters the means with COCOeval's AP of -1 and recall 0
-  ("include"), or is left out of both ("exclude").
-- `missing_predictions`: a GT clip without a usable prediction is left out ("skip", official), or
-  scored as an empty prediction ("zero").
-The temporal objectness threshold (0.5; 0 keeps every box) re-derives each frame's labels from
-`probs_temp_objectness` when the prediction has them.
+  box's query objectness ("objectness"; 1.0 for records without probabilities).
+- `recall_boxes`: Recall and mIoU IoUs on COCO xywh boxes read as corners ("xywh_as_xyxy"), or on
+  the xyxy boxes ("xyxy"); both with the +1-pixel areas of `compute_iou`.
+- `empty_gt_videos`: a clip without GT boxes enters the means with AP -1, mIoU 0 and Recall 0
+  ("include"), or is left out of them ("exclude").
+- `missing_predictions`: a GT clip without a prediction (or with an empty one) is left out
+  ("skip", official; reported with severity "skipped"), or scored as an empty prediction ("zero").
+Records that cannot be read or aligned are "error" problems: named with their reason, counted, left
+out; `grove eval iground` then exits non-zero unless given `--skip-bad-clips`.
 """
 
 from __future__ import annotations
@@ -45,7 +63,7 @@ from evaluation.embeddings import EmbedFn, unit_rows
 from evaluation.iou import iou_plus1
 from evaluation.report import EvalReport, Problem, mean
 from grove.data.boxes import boxes_by_key
-from grove.data.predictions import ClipPrediction, PredictionError, load_predictions
+from grove.data.predictions import ClipPrediction, PredictionError, kept_queries, load_predictions
 from grove.data.schema import SchemaError
 
 log = logging.getLogger(__name__)
@@ -55,7 +73,7 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class IGroundProtocol:
-    objectness_threshold: float = 0.5
+    objectness_threshold: float | None = None
     pairing: Literal["official", "by_query"] = "official"
     ap_scores: Literal["constant", "objectness"] = "constant"
     recall_boxes: Literal["xywh_as_xyxy", "xyxy"] = "xywh_as_xyxy"
@@ -71,6 +89,8 @@ class IGroundProtocol:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"protocol option {name}={getattr(self, name)!r}: choose one of {allowed}")
+        if self.objectness_threshold is not None and not 0.0 <= self.objectness_threshold < 1.0:
+            raise ValueError(f"objectness_threshold must be in [0, 1) or None, got {self.objectness_threshold}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -158,36 +178,75 @@ def _truncate_xywh(xyxy: np.ndarray) -> np.ndarray:
     return np.concatenate([ints[:, :2], ints[:, 2:] - ints[:, :2]], axis=1)
 
 
+def _box_queries(key: str, t: int, pred: ClipPrediction) -> np.ndarray:
+    """The query of each box in `pred_bboxes[t]` (sorted: boxes are kept in query order)."""
+    if pred.probs_temp_objectness is None:
+        raise PredictionError(key, "no probs_temp_objectness: the query of each kept box is unknown")
+    probs = pred.probs_temp_objectness[t]
+    count = len(pred.pred_bboxes[t])
+    if pred.all_query and pred.objectness_threshold is not None:
+        queries = np.flatnonzero(probs > pred.objectness_threshold)
+        if len(queries) == count:
+            return queries
+    queries = kept_queries(probs, count)
+    if queries is None:
+        raise PredictionError(key, f"pred_bboxes[{t}] has {count} boxes for {len(probs)} query probabilities "
+                                   "that no objectness threshold separates")
+    return queries
+
+
 def _frame_detections(
     key: str, t: int, pred: ClipPrediction, protocol: IGroundProtocol
 ) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(boxes, labels, scores) one frame contributes, per the pairing option and the objectness threshold."""
-    boxes = pred.pred_bboxes[t]
+    """(boxes, labels, scores) frame t contributes, per the threshold, pairing and AP-score options."""
+    probs = pred.probs_temp_objectness[t] if pred.probs_temp_objectness is not None else None
+    phrases = pred.pred_phrases
+    threshold = protocol.objectness_threshold
+    if threshold is None:
+        boxes = pred.pred_bboxes[t]
+        wants_queries = protocol.pairing == "by_query" or (protocol.ap_scores == "objectness" and probs is not None)
+        queries = _box_queries(key, t, pred) if wants_queries else None
+        if protocol.pairing == "official":
+            labels = pred.pred_labels[t]
+            rows = np.arange(min(len(boxes), len(labels)))
+            labels = list(labels[:len(rows)])
+        else:
+            rows = np.flatnonzero(queries < len(phrases))
+            labels = [phrases[j] for j in queries[rows]]
+    else:
+        if probs is None:
+            raise PredictionError(key, f"objectness threshold {threshold} needs probs_temp_objectness")
+        if pred.all_query:
+            queries = np.flatnonzero(probs > threshold)
+            boxes = pred.all_bboxes[t][queries]
+        else:
+            kept = _box_queries(key, t, pred)
+            dropped = np.setdiff1d(np.arange(len(probs)), kept)
+            if (probs[dropped] > threshold).any():
+                raise PredictionError(key, f"objectness threshold {threshold} is below the one this kept-only record was "
+                                           f"filtered with (frame {t} dropped a query of probability "
+                                           f"{probs[dropped].max():.4f}; its box is not in the record)")
+            passing = probs[kept] > threshold
+            queries, boxes = kept[passing], pred.pred_bboxes[t][passing]
+        # boxes are in query order and the phrased queries come first: zip and by-query pairing agree
+        labels = [phrases[j] for j in queries if j < len(phrases)]
+        rows = np.arange(len(labels))
+    if protocol.ap_scores == "objectness" and queries is not None:
+        scores = probs[queries[rows]]
+    else:
+        scores = np.ones(len(rows))
+    return boxes[rows], labels, scores
+
+
+def _layout_mismatch(pred: ClipPrediction, frames: int) -> int | None:
+    """The first frame whose labels cannot be its kept boxes' phrases although every query has a phrase."""
     if pred.probs_temp_objectness is None:
-        labels = pred.pred_labels[t]
-        if len(labels) > len(boxes):
-            raise PredictionError(key, f"pred_labels[{t}] has {len(labels)} labels for {len(boxes)} boxes")
-        return boxes[:len(labels)], list(labels), np.ones(len(labels))
-    probs, phrases = pred.probs_temp_objectness[t], pred.pred_phrases
-    kept = np.flatnonzero(probs[:len(phrases)] > protocol.objectness_threshold)
-    rows = np.arange(len(kept)) if protocol.pairing == "official" else kept
-    return boxes[rows], [phrases[j] for j in kept], probs[rows]
-
-
-def _clip_detections(
-    pred: ClipPrediction, num_frames: int, protocol: IGroundProtocol
-) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
-    """`_frame_detections` for every frame at once, when each frame has the same number of queries."""
-    boxes = np.stack(pred.pred_bboxes[:num_frames])  # [T, Q, 4]
-    probs = np.stack(pred.probs_temp_objectness[:num_frames])  # [T, Q]
-    kept = np.zeros(probs.shape, bool)
-    width = min(probs.shape[1], len(pred.pred_phrases))
-    kept[:, :width] = probs[:, :width] > protocol.objectness_threshold
-    frame_of_label, query = np.nonzero(kept)
-    labels = [pred.pred_phrases[j] for j in query]
-    if protocol.pairing == "official":  # the k kept labels of a frame go with its first k boxes
-        kept = np.arange(probs.shape[1])[None, :] < kept.sum(axis=1, keepdims=True)
-    return boxes[kept].reshape(-1, 4), labels, probs[kept], np.nonzero(kept)[0]
+        return None
+    for t in range(frames):
+        boxes, labels, probs = pred.pred_bboxes[t], pred.pred_labels[t], pred.probs_temp_objectness[t]
+        if len(pred.pred_phrases) >= len(probs) and len(labels) != len(boxes):
+            return t
+    return None
 
 
 def _outside(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -201,23 +260,28 @@ def _prepare(gt: IGroundClip, pred: ClipPrediction | None, protocol: IGroundProt
     """Align a prediction with its GT clip the way the official evaluator does; problems name the clip."""
     num_frames = gt.num_frames
     boxes, frames, labels, scores = [np.zeros((0, 4))], [np.zeros(0, np.int64)], [], [np.zeros(0)]
-    if pred is not None:
-        frame_count = pred.num_frames - 1 if pred.num_frames == num_frames + 1 else pred.num_frames
+    if pred is not None and pred.num_frames:
+        frame_count = pred.num_frames - 1 if pred.num_frames > num_frames else pred.num_frames
         if frame_count != num_frames:
             raise PredictionError(gt.key, f"{pred.num_frames} predicted frames for {num_frames} GT frames")
-        uniform = pred.probs_temp_objectness is not None and len({len(b) for b in pred.pred_bboxes}) == 1
-        if uniform:
-            frame_boxes, frame_labels, frame_scores, frame_of_box = _clip_detections(pred, num_frames, protocol)
-            boxes.append(frame_boxes)
-            frames.append(frame_of_box)
-            labels += frame_labels
-            scores.append(frame_scores)
-        for t in range(0 if uniform else num_frames):
+        if frame_count < pred.num_frames:
+            problems.append(Problem(gt.key, "extra_frame_dropped", (
+                f"{pred.num_frames} predicted frames for {num_frames} GT frames: the last one is dropped, as the "
+                "official evaluator does"), "warning"))
+        for t in range(num_frames):
             frame_boxes, frame_labels, frame_scores = _frame_detections(gt.key, t, pred, protocol)
             boxes.append(frame_boxes)
             frames.append(np.full(len(frame_boxes), t, np.int64))
             labels += frame_labels
             scores.append(frame_scores)
+        if protocol.pairing == "official" and protocol.objectness_threshold is None:
+            mismatch = _layout_mismatch(pred, num_frames)
+            if mismatch is not None:
+                problems.append(Problem(gt.key, "layout_mismatch", (
+                    f"frame {mismatch} has {len(pred.pred_labels[mismatch])} labels for {len(pred.pred_bboxes[mismatch])} "
+                    "boxes although every query has a phrase: not the layout infer_iground.py writes (records of "
+                    "earlier grove versions held every query's box and must be written again); scored by the "
+                    "official zip"), "warning"))
     boxes_xyxy, box_frame = np.concatenate(boxes), np.concatenate(frames)
     outside = np.flatnonzero(_outside(boxes_xyxy, gt.width, gt.height))
     if len(outside):
@@ -319,22 +383,23 @@ def _embed_in_chunks(embed: EmbedFn, phrases: list[str], progress: Progress | No
     return np.concatenate(parts)
 
 
+def _iou_boxes(xywh: np.ndarray, protocol: IGroundProtocol) -> np.ndarray:
+    """The 4-vectors `compute_iou` is given: COCO xywh read as corners (official) or the xyxy boxes."""
+    if protocol.recall_boxes == "xywh_as_xyxy":
+        return xywh
+    return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+
+
 def recall_per_clip(clips: Sequence[_Scored], embed: EmbedFn, protocol: IGroundProtocol,
                     progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(recall per clip, GT box count per clip). Each distinct phrase is embedded once."""
     phrases = sorted({p for c in clips for p in c.gt_labels} | {p for c in clips for p in c.dt_labels})
     unit = unit_rows(_embed_in_chunks(embed, phrases, progress)) if phrases else np.zeros((0, 1))
     index = {p: i for i, p in enumerate(phrases)}
-
-    def boxes(xywh: np.ndarray) -> np.ndarray:
-        if protocol.recall_boxes == "xywh_as_xyxy":
-            return xywh
-        return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-
     tp = greedy_recall_tp(
-        gt_boxes=_cat([boxes(c.gt_xywh) for c in clips], (0, 4)), gt_frame=_global_frames(clips, "gt_frame"),
+        gt_boxes=_cat([_iou_boxes(c.gt_xywh, protocol) for c in clips], (0, 4)), gt_frame=_global_frames(clips, "gt_frame"),
         gt_phrase=np.array([index[p] for c in clips for p in c.gt_labels], np.int64),
-        dt_boxes=_cat([boxes(c.dt_xywh) for c in clips], (0, 4)), dt_frame=_global_frames(clips, "dt_frame"),
+        dt_boxes=_cat([_iou_boxes(c.dt_xywh, protocol) for c in clips], (0, 4)), dt_frame=_global_frames(clips, "dt_frame"),
         dt_phrase=np.array([index[p] for c in clips for p in c.dt_labels], np.int64),
         num_frames=sum(c.num_frames for c in clips), unit_embeddings=unit,
         iou_threshold=protocol.iou_threshold, sim_threshold=protocol.text_similarity_threshold)
@@ -343,6 +408,27 @@ def recall_per_clip(clips: Sequence[_Scored], embed: EmbedFn, protocol: IGroundP
     positives = np.array([len(c.gt_labels) for c in clips], np.float64)
     recall = np.divide(tp_clip, positives, out=np.zeros(len(clips)), where=positives > 0)
     return recall, positives
+
+
+def miou_per_clip(clips: Sequence[_Scored], protocol: IGroundProtocol) -> np.ndarray:
+    """GROVE's mIoU per clip: per frame holding both predicted and GT boxes, the mean of the whole
+    prediction x GT `compute_iou` matrix; the mean over those frames (0 when there is none)."""
+    num_frames = sum(c.num_frames for c in clips)
+    frame_mean = np.full(num_frames, np.nan)
+    gt_frame, dt_frame = _global_frames(clips, "gt_frame"), _global_frames(clips, "dt_frame")
+    gt_boxes = _cat([_iou_boxes(c.gt_xywh, protocol) for c in clips], (0, 4))
+    dt_boxes = _cat([_iou_boxes(c.dt_xywh, protocol) for c in clips], (0, 4))
+    dt_count = np.bincount(dt_frame, minlength=num_frames)
+    gt_count = np.bincount(gt_frame, minlength=num_frames)
+    for frames, p_idx, p_ok, g_idx, g_ok in frame_buckets(dt_count, gt_count):
+        valid = p_ok[:, :, None] & g_ok[:, None, :]
+        iou = np.where(valid, iou_plus1(dt_boxes[p_idx][:, :, None, :], gt_boxes[g_idx][:, None, :, :]), 0.0)
+        frame_mean[frames] = iou.sum(axis=(1, 2)) / (dt_count[frames] * gt_count[frames])
+    clip_of_frame = np.repeat(np.arange(len(clips)), [c.num_frames for c in clips])
+    has = ~np.isnan(frame_mean)
+    totals = np.bincount(clip_of_frame[has], weights=frame_mean[has], minlength=len(clips))
+    counts = np.bincount(clip_of_frame[has], minlength=len(clips))
+    return np.divide(totals, counts, out=np.zeros(len(clips)), where=counts > 0)
 
 
 def _align(gt: Mapping[str, IGroundClip], predictions: Mapping[str, ClipPrediction], protocol: IGroundProtocol,
@@ -355,9 +441,12 @@ def _align(gt: Mapping[str, IGroundClip], predictions: Mapping[str, ClipPredicti
         pred = predictions.get(key)
         if pred is None and key in invalid:
             continue  # already reported when the prediction file was read
-        if pred is None:
-            found.append(Problem(key, "missing_prediction", "no prediction for this clip; " + (
-                "scored as empty" if zero else "left out, as the official evaluator does"), "warning" if zero else "error"))
+        absent = "missing_prediction" if pred is None else "empty_prediction" if pred.num_frames == 0 else None
+        if absent is not None:
+            what = "no prediction for this clip" if pred is None else "the prediction has no frame"
+            found.append(Problem(key, absent, what + "; " + (
+                "scored as an empty prediction (missing_predictions='zero')" if zero
+                else "left out, as the official evaluator does"), "warning" if zero else "skipped"))
             if not zero:
                 continue
         try:
@@ -367,6 +456,13 @@ def _align(gt: Mapping[str, IGroundClip], predictions: Mapping[str, ClipPredicti
         if progress and done % 500 == 0:
             progress("prepare", done, len(gt))
     return scored
+
+
+def _layouts(predictions: Mapping[str, ClipPrediction], scored: Sequence[_Scored]) -> dict[str, int]:
+    kinds = [predictions[c.key] for c in scored if c.key in predictions]
+    return {"all_query": sum(1 for p in kinds if p.all_query),
+            "kept_only_with_probs": sum(1 for p in kinds if not p.all_query and p.probs_temp_objectness is not None),
+            "kept_only_without_probs": sum(1 for p in kinds if p.probs_temp_objectness is None)}
 
 
 def evaluate_iground(
@@ -382,9 +478,12 @@ def evaluate_iground(
     progress: Progress | None = None,
 ) -> EvalReport:
     """Score predictions against GT clips. `embed` maps phrases to vectors (None skips Recall);
-    `problems` carries what was found while reading the predictions (they count as bad clips)."""
-    found = list(problems)
-    found += [Problem(key, "unknown_clip", "prediction for a clip that is not in the ground truth")
+    `problems` carries what was found while reading the predictions: errors of GT clips leave them
+    out (and count as bad clips); records of clips that are not in the GT only warn."""
+    found = [p if p.item in gt else Problem(p.item, "unknown_clip", f"not in the ground truth (and unreadable: {p.message})",
+                                            "warning") for p in problems]
+    found += [Problem(key, "unknown_clip", "prediction for a clip that is not in the ground truth (ignored, as the "
+                                           "official evaluator does)", "warning")
               for key in predictions if key not in gt]
     scored = _align(gt, predictions, protocol, found, progress)
 
@@ -397,12 +496,7 @@ def evaluate_iground(
         per_item[c.key]["AP50"] = float(value)
     if progress:
         progress("AP50", len(scored), len(scored))
-    if embed is not None:
-        recall, _ = recall_per_clip(scored, embed, protocol, progress)
-        metrics["Recall"] = mean(recall[keep])
-        for c, value in zip(scored, recall):
-            per_item[c.key]["Recall"] = float(value)
-    unavailable: dict[str, str] = {} if embed is not None else {"Recall": "not computed (no phrase embedder)"}
+    unavailable: dict[str, str] = {}
     caption_info: dict[str, Any] = {}
     if captions and scored:
         caption_scores = score_captions({c.key: [c.caption] for c in scored}, {c.key: c.pred_text for c in scored},
@@ -414,9 +508,22 @@ def evaluate_iground(
         caption_info = {"tokenizer": caption_scores.tokenizer}
     elif not captions:
         unavailable["captions"] = "not computed (captions=False)"
-    with_probs = sum(1 for c in scored if c.key in predictions and predictions[c.key].probs_temp_objectness is not None)
+    miou = miou_per_clip(scored, protocol)
+    metrics["mIoU"] = mean(miou[keep])
+    for c, value in zip(scored, miou):
+        per_item[c.key]["mIoU"] = float(value)
+    if embed is not None:
+        recall, _ = recall_per_clip(scored, embed, protocol, progress)
+        metrics["Recall"] = mean(recall[keep])
+        for c, value in zip(scored, recall):
+            per_item[c.key]["Recall"] = float(value)
+    else:
+        unavailable["Recall"] = "not computed (no phrase embedder)"
     record = {**protocol.to_dict(), "ap": "COCOeval per video, class-agnostic, IoU 0.5, 101 recall points, maxDets 100",
-              "clips_thresholded": with_probs,  # the others have no probs_temp_objectness: pred_labels used as given
+              "objectness_threshold_meaning": (
+                  "records as written (filtered at inference)" if protocol.objectness_threshold is None else
+                  "all-query records re-filtered from all_bboxes; kept-only records lose the kept boxes at or below it"),
+              "record_layouts": _layouts(predictions, scored),
               "embedding_model": embedding_model if embed is not None else "none (Recall not computed)",
               **caption_info}
     return EvalReport("iground", split, metrics, record, num_items=len(gt), num_scored=len(scored),
@@ -435,6 +542,6 @@ def evaluate_iground_files(
     predictions, errors = load_predictions(pred_path)
     problems = [Problem(e.key, "invalid_prediction", e.problem) for e in errors]
     embedder = load_phrase_embedder(embedding_model) if recall else None
-    return evaluate_iground(gt, predictions, embedder, protocol, embedder.name if embedder else "", captions,
+    return evaluate_iground(gt, predictions, embedder, protocol, embedder.describe() if embedder else "", captions,
                             problems=problems, split=split or "test", progress=progress)
 

@@ -1,9 +1,12 @@
 """What every evaluation returns: metrics, the protocol that produced them, and the input problems met on the way.
 
 Bad input never aborts a whole evaluation: each problem is recorded against the item it concerns
-(a clip key, a video id, a query id). An "error" leaves that item out of the scores; a "warning" is
-reported while the item is still scored (e.g. a box clamped into the frame, as the official script
-does). `counts` says how many items were scored and how many were not, per reason.
+(a clip key, a video id, a query id). An "error" is bad input that leaves the item out of the scores
+(a CLI may refuse to report on such a reduced set without an explicit flag); "skipped" leaves it out
+because the protocol says so (e.g. a clip without a prediction, which the official script skips); a
+"warning" is reported while the item is still scored (e.g. a box clamped into the frame, as the
+official script does). `counts` says how many items there were, how many were scored and how many
+were left out, per reason: a report never stands on a silently reduced set.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-Severity = Literal["error", "warning"]
+Severity = Literal["error", "skipped", "warning"]
 
 
 @dataclass(frozen=True)
@@ -44,11 +47,25 @@ class EvalReport:
     per_item: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
-    def counts(self) -> dict[str, int]:
+    def error_items(self) -> list[str]:
+        """Items left out because their input is bad (severity "error"), in the order met."""
+        return list(dict.fromkeys(p.item for p in self.problems if p.severity == "error"))
+
+    @property
+    def skipped_by_reason(self) -> dict[str, int]:
+        """Items left out, per reason (the first error or skip recorded for each item)."""
+        reasons: dict[str, str] = {}
+        for p in self.problems:
+            if p.severity in ("error", "skipped"):
+                reasons.setdefault(p.item, p.kind)
+        return dict(sorted(collections.Counter(reasons.values()).items()))
+
+    @property
+    def counts(self) -> dict[str, Any]:
         by_kind = collections.Counter(p.kind for p in self.problems)
-        errors = {p.item for p in self.problems if p.severity == "error"}
         warned = {p.item for p in self.problems if p.severity == "warning"}
-        return {"items": self.num_items, "scored": self.num_scored, "items_with_errors": len(errors),
+        return {"items": self.num_items, "scored": self.num_scored, "skipped": self.num_items - self.num_scored,
+                "skipped_by_reason": self.skipped_by_reason, "items_with_errors": len(self.error_items),
                 "items_with_warnings": len(warned), **{f"problem_{k}": v for k, v in sorted(by_kind.items())}}
 
     def to_dict(self, max_messages: int = 200, per_item: bool = False) -> dict[str, Any]:
@@ -71,7 +88,11 @@ class EvalReport:
     def summary_lines(self, percent: bool = True) -> list[str]:
         """Human-readable lines: metrics (x100 when `percent`), counts, first problems, unavailable metrics."""
         scale = 100.0 if percent else 1.0
+        skipped = self.num_items - self.num_scored
+        reasons = ", ".join(f"{kind}: {n}" for kind, n in self.skipped_by_reason.items())
         lines = [f"{self.benchmark} ({self.split}): {self.num_scored} of {self.num_items} items scored"]
+        if skipped or reasons:
+            lines.append(f"  left out: {skipped}" + (f" ({reasons})" if reasons else ""))
         width = max((len(k) for k in self.metrics), default=0)
         lines += [f"  {name:<{width}}  {value * scale:8.3f}" for name, value in self.metrics.items()]
         for problem in self.problems[:20]:

@@ -1,9 +1,17 @@
-"""Inference by the official GROVE protocol (grove_spec 4.1), on dataset clips or on any video file.
+"""Inference by the official GROVE protocol (grove_spec 4.1, `infer_iground.py`), on dataset clips or on any video file.
 
-Frames: every frame of the 5 fps grid. Windows: `sliding_windows` (window k = frames {i·s + k}).
-Caption: greedy, from the centre window (the segment centres), `max_new_tokens` 64. Boxes: the
-generated answer teacher-forced on every window, so every frame gets one box per `[DET]` query and
-an objectness probability; a frame's phrase is kept when its probability is above the threshold.
+Frames: every frame of the 5 fps grid. Windows: `grove.data.frames.inference_windows`, GROVE's
+`sliding_segment_with_mask` (strided windows {i·s + k}, the F % 8 leftover frames from windows
+shifted by s, each frame from the first window that covers it; clips under 8 frames: see
+`short_clips` there). Caption: greedy, from window `last_index_all_ones // 2` (the segment centres),
+`max_new_tokens` 64, cleaned as `infer_iground.py` cleans it (`clean_answer`). Boxes: the generated
+answer teacher-forced on every window, so every frame gets one box per `[DET]` query and an
+objectness probability.
+
+Dataset predictions are written in the official layout (`grove.data.predictions`): per frame the boxes
+whose objectness passes the threshold (strict >), in query order, as the official model filters them
+inside its inference branch; their labels `[phrases[i] for kept i if i < len(phrases)]`; the
+probabilities of all queries. Every query's box is kept as well, under `all_bboxes`.
 
 Also here: the single-phrase teacher-forced mode of VidSTG (the sentence is the one phrase, one box
 per frame, no objectness) and temporal grounding of a query sentence from the objectness curve.
@@ -21,10 +29,10 @@ import numpy as np
 import torch
 
 from grove.data.dataset import load_dataset
-from grove.data.frames import ANNOTATION_FPS, annotated_frame_ids, caption_window_index, sliding_windows
+from grove.data.frames import ANNOTATION_FPS, annotated_frame_ids, caption_window_index, inference_windows
 from grove.data.loader import decode_frames
-from grove.data.predictions import ClipPrediction, labels_from_objectness
-from grove.model import GroveModel, parse_answer
+from grove.data.predictions import ClipPrediction, clean_answer, official_record
+from grove.model import GroveModel
 from grove.model.processor import (
     INFERENCE_QUESTION,
     VIDEO_STG_QUESTIONS,
@@ -42,7 +50,12 @@ INFERENCE_MODES = ("caption", "reference", "phrase")
 
 @dataclass
 class GroundedCaption:
-    """A grounded caption of F frames: one box and one objectness probability per (frame, [DET] query)."""
+    """A grounded caption of F frames: one box and one objectness probability per (frame, [DET] query).
+
+    `boxes` and `objectness` hold EVERY [DET] query of the answer (Q of them); a malformed answer can
+    have more [DET] than phrases (the extra queries have no phrase) or fewer. `caption` and `phrases`
+    are cleaned as `infer_iground.py` cleans them; `tagged` is the answer as generated (or given).
+    """
 
     caption: str
     tagged: str
@@ -50,25 +63,25 @@ class GroundedCaption:
     boxes: np.ndarray  # (F, Q, 4) xyxy in original pixels
     objectness: np.ndarray  # (F, Q) sigmoid probabilities
 
+    @property
+    def paired(self) -> int:
+        """How many queries have a phrase: the j-th [DET] pairs with the j-th phrase."""
+        return min(self.boxes.shape[1], len(self.phrases))
+
     def kept(self, threshold: float) -> tuple[list[np.ndarray], list[list[str]]]:
-        """Per frame, the boxes and phrases whose objectness passes the threshold (strict >)."""
+        """Per frame, the boxes and phrases of the paired queries whose objectness passes the threshold (strict >)."""
         boxes, labels = [], []
         for frame_boxes, probs in zip(self.boxes, self.objectness):
-            keep = [j for j in range(min(len(probs), len(self.phrases))) if probs[j] > threshold]
+            keep = [j for j in range(self.paired) if probs[j] > threshold]
             boxes.append(frame_boxes[keep])
             labels.append([self.phrases[j] for j in keep])
         return boxes, labels
 
     def to_prediction(self, threshold: float) -> ClipPrediction:
-        """The official record: every query's box per frame, the phrases kept by objectness."""
-        return ClipPrediction(
-            pred_bboxes=[np.asarray(b, np.float32) for b in self.boxes],
-            pred_labels=[labels_from_objectness(p, self.phrases, threshold) for p in self.objectness],
-            pred_text=self.caption,
-            pred_phrases=list(self.phrases),
-            pred_text_tagged=self.tagged,
-            probs_temp_objectness=[np.asarray(p, np.float32) for p in self.objectness],
-        )
+        """The official record: per frame the boxes kept by objectness (all queries, query order), their
+        labels as `infer_iground.py` derives them, every query's probability; every box under `all_bboxes`."""
+        tagged = clean_answer(self.tagged)[2]
+        return official_record(self.boxes, self.objectness, self.phrases, self.caption, tagged, threshold)
 
 
 @dataclass
@@ -95,11 +108,13 @@ def _ground_windows(
     global_pixels: torch.Tensor,
     grounding_pixels: torch.Tensor,
     windows: Sequence[Sequence[int]],
+    masks: Sequence[Sequence[int]],
     answer: Sequence[int] | str,
     question: str,
     window_batch: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher-forced boxes (F, Q, 4) normalised cxcywh and logits (F, Q); each frame from the first window holding it."""
+    """Teacher-forced boxes (F, Q, 4) normalised cxcywh and logits (F, Q); frame f comes from the window
+    position whose mask is 1 for it (the first window that covers it)."""
     num_frames = global_pixels.shape[0]
     boxes: torch.Tensor | None = None
     logits: torch.Tensor | None = None
@@ -114,7 +129,7 @@ def _ground_windows(
             logits = result.objectness_logits.new_zeros(num_frames, queries)
         for w, frame_ids in enumerate(chunk):
             for i, frame in enumerate(frame_ids):
-                if not assigned[frame]:
+                if masks[start + w][i] and not assigned[frame]:
                     boxes[frame] = result.boxes[w, i]
                     logits[frame] = result.objectness_logits[w, i]
                     assigned[frame] = True
@@ -130,32 +145,31 @@ def grounded_caption(
     max_new_tokens: int = 64,
     window_batch: int = 8,
     answer: str | None = None,
+    short_clips: str = "pad_last",
 ) -> GroundedCaption:
     """The official protocol on F frames of the 5 fps grid: caption from the centre window, boxes on all.
     With `answer` (a `<p> phrase </p> [DET]` answer, e.g. the reference caption's), that answer is
-    teacher-forced instead of a generated one: grounding alone, apart from captioning."""
+    teacher-forced instead of a generated one: grounding alone, apart from captioning. `short_clips`:
+    the windows of a clip under 8 frames (`grove.data.frames.inference_windows`)."""
     processor = model.processor
     if len(frames) == 0:
         raise ValueError("no frames to caption")
     width, height = original_size if original_size is not None else (frames.shape[2], frames.shape[1])
     global_pixels, grounding_pixels = processor.pixels(frames)
-    windows = sliding_windows(len(frames), model.config.num_frames)
+    window = model.config.num_frames
+    windows, masks = inference_windows(len(frames), window, short_clips)
     if answer is None:
-        centre = windows[caption_window_index(len(frames), model.config.num_frames)]
+        centre = windows[caption_window_index(len(frames), window, short_clips)]
         ids: list[int] | str = _answer_ids(model.generate_ids(global_pixels[centre], max_new_tokens)[0], processor.ids.eos)
         tagged = processor.decode_answer(ids)
     else:
         ids = tagged = answer
-    parsed = parse_answer(tagged)
-    boxes, logits = _ground_windows(model, global_pixels, grounding_pixels, windows, ids, INFERENCE_QUESTION, window_batch)
-    # a malformed answer (e.g. a stray "</p> [DET]") has more [DET] than phrases or fewer: the j-th [DET]
-    # pairs with the j-th phrase, and what has no partner is dropped
-    paired = min(boxes.shape[1], len(parsed.phrases))
-    boxes, logits = boxes[:, :paired], logits[:, :paired]
+    phrases, caption, _ = clean_answer(tagged)
+    boxes, logits = _ground_windows(model, global_pixels, grounding_pixels, windows, masks, ids, INFERENCE_QUESTION, window_batch)
     return GroundedCaption(
-        caption=parsed.caption,
+        caption=caption,
         tagged=tagged,
-        phrases=list(parsed.phrases[:paired]),
+        phrases=phrases,
         boxes=denormalize_boxes(boxes.float(), width, height).cpu().numpy(),
         objectness=torch.sigmoid(logits.float()).cpu().numpy(),
     )
@@ -169,15 +183,16 @@ def single_phrase_boxes(
     original_size: tuple[int, int] | None = None,
     question: str = VIDEO_STG_QUESTIONS[0],
     window_batch: int = 8,
+    short_clips: str = "pad_last",
 ) -> tuple[np.ndarray, np.ndarray]:
     """VidSTG mode: `<p> sentence </p> [DET]` teacher-forced on every window; one xyxy box (F, 4) per
     frame and its objectness probability (F,) (ignored by VidSTG, used for temporal grounding)."""
     processor = model.processor
     width, height = original_size if original_size is not None else (frames.shape[2], frames.shape[1])
     global_pixels, grounding_pixels = processor.pixels(frames)
-    windows = sliding_windows(len(frames), model.config.num_frames)
+    windows, masks = inference_windows(len(frames), model.config.num_frames, short_clips)
     answer = single_phrase_answer(sentence).text
-    boxes, logits = _ground_windows(model, global_pixels, grounding_pixels, windows, answer, question, window_batch)
+    boxes, logits = _ground_windows(model, global_pixels, grounding_pixels, windows, masks, answer, question, window_batch)
     return denormalize_boxes(boxes[:, 0].float(), width, height).cpu().numpy(), torch.sigmoid(logits[:, 0].float()).cpu().numpy()
 
 
@@ -237,10 +252,12 @@ def predict_dataset(
     video_backend: str = "pyav",
     callback: ProgressCallback | None = None,
     model: GroveModel | None = None,
+    short_clips: str = "pad_last",
 ) -> dict[str, ClipPrediction]:
     """Predictions for every clip of a split, keyed `{video_id}_{clip_id}` (the official layout).
 
-    mode "caption": grounded captioning (iGround). mode "reference": the same with the clip's reference
+    mode "caption": grounded captioning (iGround): records in the official layout, boxes filtered at
+    `threshold` (see `GroundedCaption.to_prediction`). mode "reference": the same with the clip's reference
     caption and phrases teacher-forced instead of a generated caption (grounding alone; caption metrics
     are then meaningless). mode "phrase": the clip caption teacher-forced as one phrase, one box per
     frame (VidSTG); records then have that box on every frame, the caption as text, and the objectness
@@ -260,9 +277,10 @@ def predict_dataset(
         size = (int(row["width"]), int(row["height"]))
         if mode != "phrase":
             answer = None if mode == "caption" else tag_answer(row["caption"], row["phrases"], row["tagged_caption"]).text
-            prediction = grounded_caption(model, frames, size, max_new_tokens, answer=answer).to_prediction(threshold)
+            result = grounded_caption(model, frames, size, max_new_tokens, answer=answer, short_clips=short_clips)
+            prediction = result.to_prediction(threshold)
         else:
-            boxes, probs = single_phrase_boxes(model, frames, row["caption"], size)
+            boxes, probs = single_phrase_boxes(model, frames, row["caption"], size, short_clips=short_clips)
             phrase = single_phrase_answer(row["caption"]).phrases[0]
             prediction = ClipPrediction(
                 pred_bboxes=[b[None].astype(np.float32) for b in boxes],
@@ -293,11 +311,10 @@ class VideoInference:
     threshold: float
 
     def to_json(self) -> dict:
-        kept_boxes, kept_labels = self.result.kept(self.threshold)
         frames = []
         for t, (frame_id, time_s) in enumerate(zip(self.frame_ids, self.times_s)):
             probs = self.result.objectness[t]
-            kept = [j for j in range(min(len(probs), len(self.result.phrases))) if probs[j] > self.threshold]
+            kept = [j for j in range(self.result.paired) if probs[j] > self.threshold]
             frames.append({
                 "frame_id": frame_id,
                 "time_s": round(time_s, 4),
@@ -343,9 +360,10 @@ def infer_video(
     end_s: float | None = None,
     max_new_tokens: int = 64,
     backend: str = "pyav",
+    short_clips: str = "pad_last",
 ) -> VideoInference:
     """A grounded caption for a video file with no annotation."""
     frame_ids, times, meta = video_grid(video, start_s, end_s, backend)
     frames = decode_frames(Path(video), frame_ids, backend)
-    result = grounded_caption(model, frames, (meta.width, meta.height), max_new_tokens)
+    result = grounded_caption(model, frames, (meta.width, meta.height), max_new_tokens, short_clips=short_clips)
     return VideoInference(str(video), meta.fps, frame_ids, times, frames, result, threshold)

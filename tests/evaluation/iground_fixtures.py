@@ -1,9 +1,12 @@
 """Generated iGround-like splits: official raw GT records and GROVE-layout predictions (no downloads).
 
-Used by the tests and by benchmarks/bench_iground_eval.py. Predictions mimic GROVE's output: one box
-per caption phrase on every frame, objectness per phrase, labels kept at threshold 0.5; some boxes are
-jittered copies of GT boxes, some are elsewhere, some reach outside the frame; phrases are GT phrases,
-near-synonyms or unrelated words; a few frames and one clip have no GT box.
+Used by the tests and by benchmarks/bench_iground_eval.py. Predictions mimic GROVE's output in the
+official layout: one box per [DET] query on every frame, kept where its objectness passes 0.5 (so
+frames drop queries, some all of them), labels of the kept queries, one probability per query; with
+`all_query=True` every query's box is also written (`all_bboxes`, what `grove infer` adds). Some boxes
+are jittered copies of GT boxes, some are elsewhere, some reach outside the frame; phrases are GT
+phrases, near-synonyms or unrelated words, and some answers have one [DET] query more than phrases;
+a few frames and one clip have no GT box; every fifth clip has the extra last frame GROVE emits.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from grove.data.predictions import labels_from_objectness
+from grove.data.predictions import official_record
 
 NOUNS = ["man", "woman", "knife", "onion", "board", "pan", "bowl", "hand", "hands", "spoon", "tomato", "cup",
          "table", "oil", "water", "bread", "egg", "plate", "dough", "pot", "lid", "glass", "bottle", "towel"]
@@ -36,7 +39,8 @@ def phrase_vocabulary(rng: np.random.Generator, size: int) -> list[str]:
 
 
 def make_split(num_clips: int = 20, frames: int = 40, boxes_per_frame: int = 3, seed: int = 0,
-               width: int = 455, height: int = 256, vocabulary: int = 150) -> tuple[dict[str, Any], dict[str, Any]]:
+               width: int = 455, height: int = 256, vocabulary: int = 150,
+               all_query: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """(GT records keyed `{video_id}_{clip_id}` in the official raw layout, predictions in GROVE's layout)."""
     rng = np.random.default_rng(seed)
     vocab = phrase_vocabulary(rng, vocabulary)
@@ -70,10 +74,13 @@ def make_split(num_clips: int = 20, frames: int = 40, boxes_per_frame: int = 3, 
         pred_phrases = [p if rng.random() < 0.6 else (p.replace("a ", "the ", 1) if rng.random() < 0.5
                                                          else str(rng.choice(vocab))) for p in phrases]
         pred_phrases += [str(rng.choice(vocab)) for _ in range(int(rng.integers(0, 2)))]
+        pred_phrases = [str(p) for p in pred_phrases]
+        queries = len(pred_phrases) + int(c % 6 == 1)  # a malformed answer: one [DET] more than phrases
         pred_boxes, probs = [], []
         for t in range(num_frames + int(c % 5 == 0)):  # some clips carry the extra last frame GROVE emits
             frame = []
-            for j, p in enumerate(pred_phrases):
+            for j in range(queries):
+                p = pred_phrases[min(j, len(pred_phrases) - 1)]
                 anchor = tracks.get(phrases[j] if j < len(phrases) else p, tracks[phrases[0]])
                 if rng.random() < 0.7:
                     box = anchor + rng.normal(0, 10, 4)
@@ -82,11 +89,11 @@ def make_split(num_clips: int = 20, frames: int = 40, boxes_per_frame: int = 3, 
                     box[2:] = box[:2] + rng.uniform(5, 200, 2)
                 frame.append(box)
             pred_boxes.append(np.array(frame, np.float32).reshape(-1, 4))
-            probs.append(rng.random(len(pred_phrases)).astype(np.float32))
-        pred[key] = {"pred_bboxes": pred_boxes,
-                     "pred_labels": [labels_from_objectness(p, pred_phrases, 0.5) for p in probs],
-                     "pred_phrases": pred_phrases, "pred_text": " and ".join(pred_phrases) + " in a kitchen",
-                     "pred_text_tagged": "", "probs_temp_objectness": probs}
+            probs.append(rng.random(queries).astype(np.float32))
+        record = official_record(pred_boxes, probs, pred_phrases, " and ".join(pred_phrases) + " in a kitchen", "", 0.5)
+        pred[key] = record.to_record()
+        if not all_query:
+            del pred[key]["all_bboxes"], pred[key]["objectness_threshold"]
     return gt, pred
 
 

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from evaluation.tables import benchmark_across_checkpoints
 from grove.data.howtoground import records_to_tables, write_official
+from grove.data.predictions import official_record
 from orchestration.cli import app
 from tests.evaluation.iground_fixtures import make_split
 
@@ -18,8 +19,11 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def iground_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("iground")
-    gt, pred = make_split(num_clips=8, frames=8, seed=5)
+    gt, pred = make_split(num_clips=8, frames=8, seed=5, all_query=True)
     write_official(gt, root / "gt.pkl")
+    with open(root / "pred_all_query.pkl", "wb") as handle:
+        pickle.dump(pred, handle)
+    pred = {k: {n: v for n, v in r.items() if n not in ("all_bboxes", "objectness_threshold")} for k, r in pred.items()}
     pred["vid00001_1"] = {**pred["vid00001_1"], "pred_bboxes": [b * np.nan for b in pred["vid00001_1"]["pred_bboxes"]]}
     pred["vid00002_2"] = {k: v for k, v in pred["vid00002_2"].items() if k != "pred_text"}
     del pred["vid00004_4"]
@@ -34,21 +38,69 @@ def _json(result):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_iground_json_counts_bad_clips_and_records_the_run(iground_files):
+def test_iground_bad_clips_are_listed_counted_and_fail_without_the_skip_flag(iground_files):
     root, _ = iground_files
     db = root / "metrics.duckdb"
-    result = runner.invoke(app, ["eval", "iground", "--gt", str(root / "gt.pkl"), "--pred", str(root / "pred.pkl"),
-                                 "--no-captions", "--no-recall", "--json", "--db", str(db), "--checkpoint", "ckpt-a",
-                                 "--pretrain-size", "1000"])
+    args = ["eval", "iground", "--gt", str(root / "gt.pkl"), "--pred", str(root / "pred.pkl"), "--no-captions",
+            "--no-recall", "--json", "--db", str(db), "--checkpoint", "ckpt-a", "--pretrain-size", "1000"]
+    failed = runner.invoke(app, args)
+    assert failed.exit_code == 4, failed.output
+    assert "2 of 8 iground items have predictions that cannot be scored" in failed.stderr
+    assert "--skip-bad-clips" in failed.stderr and not db.exists()  # a refused run is not recorded
+    out = json.loads(failed.stdout.strip().splitlines()[-1])  # the report is still printed, with the counts
+    assert out["counts"]["scored"] == 5 and out["counts"]["skipped"] == 3
+
+    result = runner.invoke(app, args + ["--skip-bad-clips"])
     out = _json(result)
-    assert out["counts"]["items"] == 8 and out["counts"]["scored"] == 5 and out["counts"]["items_with_errors"] == 4
-    messages = {p["item"]: p["message"] for p in out["problems"]}
-    assert "NaN" in messages["vid00001_1"] and "pred_text" in messages["vid00002_2"]
-    assert "no prediction" in messages["vid00004_4"] and "not in the ground truth" in messages["nosuch_0"]
+    assert out["counts"]["items"] == 8 and out["counts"]["scored"] == 5 and out["counts"]["skipped"] == 3
+    assert out["counts"]["skipped_by_reason"] == {"invalid_prediction": 2, "missing_prediction": 1}
+    assert out["counts"]["items_with_errors"] == 2
+    messages = {p["item"]: (p["severity"], p["message"]) for p in out["problems"]}
+    assert messages["vid00001_1"][0] == "error" and "NaN" in messages["vid00001_1"][1]
+    assert messages["vid00002_2"][0] == "error" and "pred_text" in messages["vid00002_2"][1]
+    assert messages["vid00004_4"] == ("skipped", "no prediction for this clip; left out, as the official evaluator does")
+    assert messages["nosuch_0"][0] == "warning" and "not in the ground truth" in messages["nosuch_0"][1]
     assert out["protocol"]["pairing"] == "official" and out["protocol"]["preset"] == "official"
-    assert "AP50" in out["metrics"] and "Recall" not in out["metrics"]
+    assert out["protocol"]["skip_bad_clips"] is True and out["protocol"]["objectness_threshold"] is None
+    assert {"AP50", "mIoU"} <= set(out["metrics"]) and "Recall" not in out["metrics"]
     rows = benchmark_across_checkpoints(db, "iground", metrics=["AP50"])
     assert rows[0]["checkpoint"] == "ckpt-a" and rows[0]["value"] == pytest.approx(out["metrics"]["AP50"])
+
+    text = runner.invoke(app, args[:-7] + ["--skip-bad-clips"])
+    assert text.exit_code == 0, text.output
+    assert "iground (test): 5 of 8 items scored" in text.output
+    assert "left out: 3 (invalid_prediction: 2, missing_prediction: 1)" in text.output
+
+
+def test_iground_frames_keeping_the_same_number_of_boxes_do_not_crash(tmp_path):
+    # every frame keeps K = 1 of Q = 2 queries: an IndexError escaped the CLI here before
+    gt, _ = make_split(num_clips=3, frames=6, seed=8)
+    write_official(gt, tmp_path / "gt.pkl")
+    pred = {}
+    for key, record in gt.items():
+        boxes = [np.array([frame[0] if frame else [0, 0, 9, 9], [1, 1, 5, 5]], np.float32) for frame in record["bboxes"]]
+        probs = [np.array([0.8, 0.1], np.float32)] * len(boxes)
+        pred[key] = official_record(boxes, probs, record["phrases"][:2], "a caption", "", 0.5).to_record()
+        del pred[key]["all_bboxes"]
+    with open(tmp_path / "pred.pkl", "wb") as handle:
+        pickle.dump(pred, handle)
+    result = runner.invoke(app, ["eval", "iground", "--gt", str(tmp_path / "gt.pkl"), "--pred", str(tmp_path / "pred.pkl"),
+                                 "--no-captions", "--no-recall", "--json"])
+    out = _json(result)
+    assert out["counts"]["scored"] == 3 and out["counts"]["skipped"] == 0
+
+
+def test_iground_unexpected_errors_are_reported_not_raised(iground_files, monkeypatch):
+    import evaluation.iground
+
+    def broken(*args, **kwargs):
+        raise IndexError("boolean index did not match")
+
+    monkeypatch.setattr(evaluation.iground, "evaluate_iground_files", broken)
+    root, _ = iground_files
+    result = runner.invoke(app, ["eval", "iground", "--gt", str(root / "gt.pkl"), "--pred", str(root / "pred.pkl")])
+    assert result.exit_code == 5, result.output
+    assert "internal error (IndexError: boolean index did not match)" in result.output
 
 
 def test_iground_full_default_path_on_a_dataset_folder(iground_files, tmp_path):
@@ -60,14 +112,14 @@ def test_iground_full_default_path_on_a_dataset_folder(iground_files, tmp_path):
     write_clips(clips, tmp_path / "clips.parquet")
     write_boxes(boxes, tmp_path / "boxes_raw.parquet")
     write_manifest(tmp_path, {"name": "fixture"})
-    result = runner.invoke(app, ["eval", "iground", "--gt", str(tmp_path), "--pred", str(root / "pred.pkl"),
+    result = runner.invoke(app, ["eval", "iground", "--gt", str(tmp_path), "--pred", str(root / "pred_all_query.pkl"),
                                  "--protocol", "corrected", "--threshold", "0", "--embedding-model", "all-MiniLM-L6-v2",
                                  "--json"])
     out = _json(result)
-    assert {"AP50", "Recall", "METEOR", "CIDEr", "Bleu_4", "ROUGE_L"} <= set(out["metrics"])
+    assert {"AP50", "Recall", "mIoU", "METEOR", "CIDEr", "Bleu_4", "ROUGE_L"} <= set(out["metrics"])
     assert out["protocol"]["objectness_threshold"] == 0.0 and out["protocol"]["recall_boxes"] == "xyxy"
     assert "MiniLM" in out["protocol"]["embedding_model"] and "SPICE" in out["unavailable"]
-    assert out["counts"]["scored"] == 5
+    assert out["protocol"]["record_layouts"]["all_query"] == 8 and out["counts"]["scored"] == 8
 
 
 def test_unreadable_input_and_nothing_scorable(iground_files, tmp_path):
@@ -77,7 +129,8 @@ def test_unreadable_input_and_nothing_scorable(iground_files, tmp_path):
     (tmp_path / "empty.json").write_text(json.dumps({"x_0": {"pred_bboxes": [], "pred_labels": [], "pred_text": ""}}))
     nothing = runner.invoke(app, ["eval", "iground", "--gt", str(root / "gt.pkl"), "--pred", str(tmp_path / "empty.json"),
                                   "--no-captions", "--no-recall"])
-    assert nothing.exit_code == 1 and "x_0: empty predictions" in nothing.output
+    assert nothing.exit_code == 1 and "no iground item could be scored" in nothing.output
+    assert "left out: 8 (missing_prediction: 8)" in nothing.output
 
 
 def test_vidstg_anet_and_temporal_commands(tmp_path):

@@ -10,8 +10,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from evaluation.iground import evaluate_iground_files
-from grove.data.frames import caption_window_index, sliding_windows
-from grove.data.predictions import load_predictions, write_predictions
+from grove.data.frames import caption_window_index, inference_windows
+from grove.data.predictions import clip_prediction, load_predictions, write_predictions
 from grove.infer import grounded_caption, longest_run, predict_dataset, single_phrase_boxes, temporal_grounding
 from grove.model.processor import denormalize_boxes, tag_answer
 from grove.train import load_model
@@ -27,49 +27,83 @@ def test_every_frame_takes_its_boxes_from_the_first_window_that_holds_it(model, 
     from grove.data.loader import clip_records, resolve_dataset, GroveClipDataset
 
     record = clip_records(resolve_dataset(dataset_dir, "test"))[0]
-    frames = GroveClipDataset([record]).grid_frames(record)[:19]  # 19 frames: 2 strided windows + a remainder
+    frames = GroveClipDataset([record]).grid_frames(record)[:19]  # 19 frames: 2 strided windows + 3 shifted ones
     result = grounded_caption(model, frames, (record.width, record.height))
     assert result.phrases, f"the overfitted model should answer with phrases, got {result.tagged!r}"
-    assert result.boxes.shape == (19, len(result.phrases), 4) and result.objectness.shape == (19, len(result.phrases))
+    queries = result.boxes.shape[1]
+    assert result.boxes.shape == (19, queries, 4) and result.objectness.shape == (19, queries)
     global_pixels, grounding_pixels = model.processor.pixels(frames)
-    windows = sliding_windows(19)
+    windows, masks = inference_windows(19)
     centre = windows[caption_window_index(19)]
     assert model.generate(global_pixels[centre]) == result.tagged
-    for frame in (0, 9, 18):
-        window = next(w for w in windows if frame in w)
-        direct = model.ground(global_pixels[window], grounding_pixels[window], result.tagged)
-        position = window.index(frame)
-        paired = len(result.phrases)  # the j-th [DET] pairs with the j-th phrase, even in a malformed answer
-        expected = denormalize_boxes(direct.boxes[position, :paired], record.width, record.height).numpy()
+    for frame in (0, 9, 16, 18):
+        w = next(i for i, (window, mask) in enumerate(zip(windows, masks)) if any(f == frame and m for f, m in zip(window, mask)))
+        assert w == next(i for i, window in enumerate(windows) if frame in window)  # the first window holding it
+        direct = model.ground(global_pixels[windows[w]], grounding_pixels[windows[w]], result.tagged)
+        position = windows[w].index(frame)
+        expected = denormalize_boxes(direct.boxes[position], record.width, record.height).numpy()
         np.testing.assert_allclose(result.boxes[frame], expected, rtol=1e-4, atol=1e-3)
-        logits = direct.objectness_logits[position, :paired]
-        np.testing.assert_allclose(result.objectness[frame], torch.sigmoid(logits).numpy(), atol=1e-5)
+        np.testing.assert_allclose(result.objectness[frame], torch.sigmoid(direct.objectness_logits[position]).numpy(), atol=1e-5)
 
 
-def test_a_malformed_answer_keeps_only_the_det_tokens_that_pair_with_a_phrase(model, dataset_dir):
+@pytest.mark.parametrize("short_clips", ["pad_last", "repeat_each"])
+def test_clips_shorter_than_the_window(model, dataset_dir, short_clips):
+    from grove.data.loader import clip_records, resolve_dataset, GroveClipDataset
+
+    record = clip_records(resolve_dataset(dataset_dir, "test"))[0]
+    frames = GroveClipDataset([record]).grid_frames(record)[:5]
+    result = grounded_caption(model, frames, (record.width, record.height), short_clips=short_clips)
+    assert result.boxes.shape[0] == 5 and result.to_prediction(0.5).num_frames == 5
+    global_pixels, grounding_pixels = model.processor.pixels(frames)
+    window = [0, 1, 2, 3, 4, 4, 4, 4] if short_clips == "pad_last" else [2] * 8
+    assert model.generate(global_pixels[window]) == result.tagged
+    if short_clips == "repeat_each":  # frame 3 comes from the window of eight copies of itself
+        direct = model.ground(global_pixels[[3] * 8], grounding_pixels[[3] * 8], result.tagged)
+        expected = denormalize_boxes(direct.boxes[0], record.width, record.height).numpy()
+        np.testing.assert_allclose(result.boxes[3], expected, rtol=1e-4, atol=1e-3)
+
+
+def test_a_malformed_answer_keeps_every_query_and_labels_only_the_phrased_ones(model, dataset_dir):
     from grove.data.loader import clip_records, resolve_dataset, GroveClipDataset
 
     record = clip_records(resolve_dataset(dataset_dir, "test"))[0]
     frames = GroveClipDataset([record]).grid_frames(record)[:8]
     extra_det = grounded_caption(model, frames, answer="<p> the yellow square </p> [DET] moves </p> [DET] left.")
-    assert extra_det.phrases == ["the yellow square"] and extra_det.boxes.shape == (8, 1, 4)
+    assert extra_det.phrases == ["the yellow square"] and extra_det.boxes.shape == (8, 2, 4) and extra_det.paired == 1
+    prediction = extra_det.to_prediction(0.0)  # threshold 0 keeps both queries' boxes; only the first has a phrase
+    assert all(len(b) == 2 for b in prediction.pred_bboxes) and prediction.pred_labels == [["the yellow square"]] * 8
+    assert prediction.pred_text == "the yellow square moves left." and prediction.pred_text_tagged == (
+        "<p> the yellow square </p> moves </p> left.")
+    assert all(len(p) == 2 for p in prediction.probs_temp_objectness)
+    boxes, labels = extra_det.kept(0.0)
+    assert all(len(b) == 1 for b in boxes) and labels == [["the yellow square"]] * 8
     extra_phrase = grounded_caption(model, frames, answer="<p> the yellow square </p> [DET] meets <p> a wall </p>.")
-    assert extra_phrase.phrases == ["the yellow square"] and extra_phrase.objectness.shape == (8, 1)
+    assert extra_phrase.phrases == ["the yellow square", "a wall"] and extra_phrase.objectness.shape == (8, 1)
+    assert extra_phrase.to_prediction(0.0).pred_labels == [["the yellow square"]] * 8
 
 
 def test_dataset_predictions_are_the_official_layout_and_score(checkpoint, dataset_dir, tmp_path):
     predictions = predict_dataset(checkpoint, dataset_dir, "test", threshold=0.5)
     assert sorted(predictions) == ["test000_0", "test001_0"]
     for prediction in predictions.values():
-        assert prediction.num_frames == 20
-        for boxes, labels, probs in zip(prediction.pred_bboxes, prediction.pred_labels, prediction.probs_temp_objectness):
-            assert boxes.shape == (len(prediction.pred_phrases), 4)
-            assert labels == [p for p, q in zip(prediction.pred_phrases, probs) if q > 0.5]
-    path = write_predictions(tmp_path / "preds.json", predictions)
+        assert prediction.num_frames == 20 and prediction.all_query and prediction.objectness_threshold == 0.5
+        for boxes, labels, probs, every in zip(prediction.pred_bboxes, prediction.pred_labels,
+                                               prediction.probs_temp_objectness, prediction.all_bboxes):
+            kept = probs > 0.5
+            np.testing.assert_array_equal(boxes, every[kept])  # filtered by objectness, query order
+            assert labels == [prediction.pred_phrases[i] for i, k in enumerate(kept) if k and i < len(prediction.pred_phrases)]
+            assert len(probs) == len(every)  # one probability per [DET] query
+    path = write_predictions(tmp_path / "preds.pkl", predictions)
     good, bad = load_predictions(path)
     assert not bad and good.keys() == predictions.keys()
+    official_only = {k: {n: v for n, v in p.to_record().items() if n not in ("all_bboxes", "objectness_threshold")}
+                     for k, p in predictions.items()}
     report = evaluate_iground_files(dataset_dir, path, split="test", captions=False, recall=False)
     assert report.num_scored == 2 and 0.0 <= report.metrics["AP50"] <= 1.0
+    kept_only = tmp_path / "kept_only.pkl"
+    write_predictions(kept_only, {k: clip_prediction(k, r) for k, r in official_only.items()})
+    again = evaluate_iground_files(dataset_dir, kept_only, split="test", captions=False, recall=False)
+    assert again.metrics == report.metrics  # the official fields alone give the same numbers
 
 
 def test_reference_mode_grounds_the_reference_caption(model, checkpoint, dataset_dir):
@@ -83,7 +117,7 @@ def test_reference_mode_grounds_the_reference_caption(model, checkpoint, dataset
     record = clip_records(resolve_dataset(dataset_dir, "test"))[0]
     frames = GroveClipDataset([record]).grid_frames(record)
     direct = grounded_caption(model, frames, (record.width, record.height), answer=answer.text)
-    np.testing.assert_allclose(np.stack(prediction.pred_bboxes), direct.boxes, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.stack(prediction.all_bboxes), direct.boxes, rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="unknown inference mode"):
         predict_dataset(checkpoint, dataset_dir, "test", mode="oracle", model=model)
 
