@@ -22,6 +22,7 @@ def import_command(
     like: Optional[Path] = typer.Option(None, "--like", help="For a bare state-dict file: the folder of the model it came from (its config.json and tokenizer)."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Tokenizer folder (default: beside the checkpoint, or --like)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default: the checkpoint's own)."),
+    decoder_heads: int = typer.Option(8, "--decoder-heads", help="Attention heads of SAM's two-way transformer (8 in SAM and GROVE; not in the weights)."),
     shard_gb: float = typer.Option(2.0, "--shard-gb", help="Largest output shard, GB (memory use follows it)."),
     no_hash: bool = typer.Option(False, "--no-hash", help="Do not record the SHA-256 of the source files."),
 ) -> None:
@@ -34,7 +35,7 @@ def import_command(
     try:
         report = import_checkpoint(
             kind, src, out, clip=str(clip) if clip else None, like=str(like) if like else None,
-            tokenizer=str(tokenizer) if tokenizer else None, dtype=dtype, max_shard_bytes=int(shard_gb * 1024**3),
+            tokenizer=str(tokenizer) if tokenizer else None, dtype=dtype, decoder_heads=decoder_heads, max_shard_bytes=int(shard_gb * 1024**3),
             hash_sources=not no_hash,
         )
     except (WeightsImportError, CheckpointReadError, FileNotFoundError, FileExistsError, KeyError, ValueError) as exc:

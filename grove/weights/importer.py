@@ -4,7 +4,9 @@ Sources (`kind`):
 - "grove": the released checkpoint in the `grove_transformers` layout (`GroveForCausalLM.save_pretrained`:
   sharded safetensors or .bin, bf16, config.json, tokenizer files);
 - "grove-train": the training-time state dict of the official `model/GROVE.py` (DeepSpeed's zero_to_fp32
-  `.bin`); the LLaMA config and the tokenizer come from `--like` (e.g. the GLaMM folder it was trained from);
+  `.bin`, e.g. the released grove_pt_howtoground1m_ckpt.bin / grove_ft_iground_ckpt.bin), loaded as the
+  official inference scripts load it: over GLaMM (`--like`, also giving config.json and the tokenizer)
+  and the reloaded CLIP (`--clip`), so what the file lacks comes from them;
 - "glamm": a GLaMM checkpoint (GLaMM-GranD-Pretrained, GLaMM-FullScope): GROVE's starting point. As the
   official train.py does when it pre-trains from GLaMM: SAM's position embeddings are resized from 1024 px
   to 512 px, the vocabulary gains `<vid_start>`, `<vid_end>`, `[DET]` (their rows start at the mean row),
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -88,24 +91,72 @@ class _Slot:
     source: str
     target: str
     transform: str
-    origin: str  # which checkpoint: "source" or "clip"
+    origin: str  # which checkpoint feeds it: "checkpoint", "clip" or "like"
 
 
 # ------------------------------------------------------------------------------------ planning
-def _target_config(kind: str, source: SourceCheckpoint, clip: SourceCheckpoint | None, llm_config: dict,
-                   dtype: str, decoder_heads: int) -> GroveConfig:
-    shapes = {n: info.shape for n, info in source.tensors.items()}
-    if clip is not None:
-        clip_dims = official.clip_dims({n: i.shape for n, i in clip.tensors.items()}, _clip_prefix(clip))
-        heads = (clip.config or {}).get("vision_config", clip.config or {}).get("num_attention_heads")
+@dataclass(frozen=True)
+class _Layer:
+    """One checkpoint feeding the target: its tensors' official names are `rename(name)`."""
+
+    label: str  # "checkpoint", "clip" or "like": what the report and the slots call it
+    checkpoint: SourceCheckpoint
+    prefix: str = ""  # for a CLIP folder: its `vision_model.` prefix, read as the official CLIP prefix
+
+    def official_name(self, name: str) -> str | None:
+        if self.prefix:
+            return official.CLIP + name[len(self.prefix):] if name.startswith(self.prefix) else None
+        return name[len("module."):] if name.startswith("module.") else name
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {official_name: info.shape for name, info in self.checkpoint.tensors.items()
+                if (official_name := self.official_name(name)) is not None}
+
+
+def _layers(kind: str, source: SourceCheckpoint, clip: SourceCheckpoint | None, like: SourceCheckpoint | None) -> list[_Layer]:
+    """The checkpoints in priority order, as the official code loads them: GLaMM's CLIP replaced by the
+    reloaded --vision_tower; a training state dict loaded (strict=False) over GLaMM + that CLIP."""
+    clip_layer = [_Layer("clip", clip, _clip_prefix(clip))] if clip is not None else []
+    if kind == "glamm":
+        return clip_layer + [_Layer("checkpoint", source)]
+    if kind == "grove-train":
+        return [_Layer("checkpoint", source)] + clip_layer + ([_Layer("like", like)] if like is not None else [])
+    if clip is not None or like is not None:
+        raise WeightsImportError("a released GROVE checkpoint holds every tensor: --clip and --like do not apply")
+    return [_Layer("checkpoint", source)]
+
+
+def _merged_shapes(layers: list[_Layer]) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for layer in reversed(layers):
+        shapes.update(layer.shapes())
+    return shapes
+
+
+def _grounding_size(kind: str, layers: list[_Layer]) -> int:
+    """GROVE's SAM input: a GROVE checkpoint's own (its position embeddings are at that size); GLaMM's
+    1024-px embeddings are resized to 512 px, as the official train.py / infer scripts do."""
+    for layer in layers:
+        shapes = layer.shapes()
+        if official.SAM + "pos_embed" in shapes:
+            if kind == "glamm" or layer.label == "like":
+                return GROUNDING_IMAGE_SIZE
+            return shapes[official.SAM + "pos_embed"][1] * shapes[official.SAM + "patch_embed.proj.weight"][2]
+    raise WeightsImportError("no checkpoint holds SAM's image encoder (model.grounding_encoder.image_encoder.*)")
+
+
+def _target_config(kind: str, layers: list[_Layer], llm_config: dict, dtype: str, decoder_heads: int) -> GroveConfig:
+    shapes = _merged_shapes(layers)
+    clip_dims = official.clip_dims(shapes)
+    clip_layer = next((layer for layer in layers if layer.label == "clip"), None)
+    if clip_layer is not None:
+        config = clip_layer.checkpoint.config or {}
+        heads = config.get("vision_config", config).get("num_attention_heads")
     else:
-        clip_dims = official.clip_dims(shapes)
         heads = _local_clip_heads(llm_config.get("mm_vision_tower"))
     if heads:  # the head count is not in the weights; a CLIP config beside them says it
         clip_dims["num_attention_heads"] = int(heads)
-    # GROVE checkpoints hold SAM's position embeddings at GROVE's input size; GLaMM's at 1024 px, resized
-    sam_patch = shapes[official.SAM + "patch_embed.proj.weight"][2]
-    grounding_size = GROUNDING_IMAGE_SIZE if kind == "glamm" else shapes[official.SAM + "pos_embed"][1] * sam_patch
+    grounding_size = _grounding_size(kind, layers)
     return GroveConfig.paper(
         llm=official.llm_dims(llm_config, shapes),
         clip=clip_dims,
@@ -127,73 +178,64 @@ def _local_clip_heads(tower: str | None) -> int | None:
     config = Path(tower) / "config.json" if tower else None
     if config is None or not config.is_file():
         return None
-    import json
-
     data = json.loads(config.read_text())
     return data.get("vision_config", data).get("num_attention_heads")
 
 
 def _clip_prefix(clip: SourceCheckpoint) -> str:
     """`vision_model.` of a transformers CLIPVisionModel / CLIPModel folder."""
-    for prefix in ("vision_model.", "model.vision_tower.vision_tower.vision_model."):
+    for prefix in ("vision_model.", official.CLIP):
         if any(n.startswith(prefix) for n in clip.tensors):
             return prefix
     raise WeightsImportError(f"{clip.path}: no CLIP vision tower in it (expected keys starting with 'vision_model.')")
 
 
-def _plan(source: SourceCheckpoint, clip: SourceCheckpoint | None, targets: dict[str, tuple[tuple[int, ...], torch.dtype]],
-          report: ImportReport) -> list[_Slot]:
-    """Map every source tensor (or drop it with a reason); check every target is fed or may start fresh."""
-    shapes = {n: i.shape for n, i in source.tensors.items()}
-    global_blocks = official.sam_global_blocks(shapes)
+def _source_label(layer: _Layer, name: str) -> str:
+    return name if layer.label == "checkpoint" else f"{layer.label}:{name}"
+
+
+def _plan(layers: list[_Layer], targets: dict[str, tuple[tuple[int, ...], torch.dtype]], report: ImportReport) -> list[_Slot]:
+    """Map every source tensor (or drop it with a reason); a target fed by a higher-priority checkpoint
+    is not fed again (the lower one's tensor is dropped as superseded)."""
     slots: dict[str, _Slot] = {}
     unknown: list[str] = []
-    use_clip_from_source = clip is None
-    for name in source.tensors:
-        key = name[len("module."):] if name.startswith("module.") else name
-        if not use_clip_from_source and key.startswith(official.CLIP) and not key.startswith(official.CLIP + "encoder.adapters."):
-            report.dropped.append({"source": name, "reason": f"CLIP taken from {clip.path} (the official code reloads --vision_tower)"})
-            continue
-        try:
-            decision = official.map_name(key, global_blocks)
-        except official.UnknownKeyError as exc:
-            unknown.append(str(exc))
-            continue
-        if isinstance(decision, Drop):
-            report.dropped.append({"source": name, "reason": decision.reason})
-            continue
-        _add_slot(slots, _Slot(name, decision.target, decision.transform, "source"))
-    if unknown:
-        raise WeightsImportError(f"{source.path}: {len(unknown)} tensors of an unknown layout, e.g. {unknown[:5]}")
-    if clip is not None:
-        prefix = _clip_prefix(clip)
-        for name in clip.tensors:
-            if not name.startswith(prefix):
-                report.dropped.append({"source": f"{clip.path}:{name}", "reason": "not CLIP's vision tower (GROVE uses only that)"})
+    for layer in layers:
+        shapes = layer.shapes()
+        blocks = official.sam_global_blocks(shapes) if official.SAM + "pos_embed" in shapes else []
+        for name, info in layer.checkpoint.tensors.items():
+            label = _source_label(layer, name)
+            key = layer.official_name(name)
+            if key is None:
+                report.dropped.append({"source": label, "reason": "not CLIP's vision tower (GROVE uses only that)"})
                 continue
-            decision = official.map_name(official.CLIP + name[len(prefix):], global_blocks)
+            try:
+                decision = official.map_name(key, blocks)
+            except official.UnknownKeyError as exc:
+                unknown.append(f"{label} ({exc})")
+                continue
             if isinstance(decision, Drop):
-                report.dropped.append({"source": f"{clip.path}:{name}", "reason": decision.reason})
-            else:
-                _add_slot(slots, _Slot(name, decision.target, decision.transform, "clip"))
-    for target, slot in slots.items():
-        if target not in targets:
-            raise WeightsImportError(f"{slot.source} maps to {target}, which the GROVE model does not have (a different architecture?)")
-        wanted = targets[target][0]
-        shape = (clip if slot.origin == "clip" else source).tensors[slot.source].shape
-        got = official.transformed_shape(slot.transform, shape, wanted)
-        if got != tuple(wanted):
-            raise WeightsImportError(f"{slot.source}: shape {shape} cannot fill {target} {tuple(wanted)} ({slot.transform})")
-        dtype = (clip if slot.origin == "clip" else source).tensors[slot.source].dtype
-        if not dtype.is_floating_point:
-            raise WeightsImportError(f"{slot.source}: dtype {dtype} where {target} needs floating point")
+                report.dropped.append({"source": label, "reason": decision.reason})
+                continue
+            if decision.target in slots:
+                report.dropped.append({"source": label, "reason": f"superseded by {slots[decision.target].origin}:{slots[decision.target].source}"})
+                continue
+            _check_slot(label, info, decision, targets)
+            # a resize or an extension that changes nothing is a copy (and is reported as one)
+            transform = "copy" if tuple(info.shape) == tuple(targets[decision.target][0]) else decision.transform
+            slots[decision.target] = _Slot(name, decision.target, transform, layer.label)
+    if unknown:
+        raise WeightsImportError(f"{len(unknown)} tensors of an unknown layout, e.g. {unknown[:5]}")
     return list(slots.values())
 
 
-def _add_slot(slots: dict[str, _Slot], slot: _Slot) -> None:
-    if slot.target in slots:
-        raise WeightsImportError(f"{slot.source} and {slots[slot.target].source} both map to {slot.target}")
-    slots[slot.target] = slot
+def _check_slot(label: str, info, decision: Mapping, targets: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> None:
+    if decision.target not in targets:
+        raise WeightsImportError(f"{label} maps to {decision.target}, which the GROVE model does not have (another architecture?)")
+    wanted = targets[decision.target][0]
+    if official.transformed_shape(decision.transform, info.shape, wanted) != tuple(wanted):
+        raise WeightsImportError(f"{label}: shape {info.shape} cannot fill {decision.target} {tuple(wanted)} ({decision.transform})")
+    if not info.dtype.is_floating_point:
+        raise WeightsImportError(f"{label}: dtype {info.dtype} where {decision.target} needs floating point")
 
 
 # fresh modules: target prefix pattern -> (how it starts, a factory given the config)
@@ -222,7 +264,7 @@ def _fresh_modules(config: GroveConfig, missing: set[str]) -> dict[str, tuple[st
 
 
 # ------------------------------------------------------------------------------------ tokenizer
-def _tokenizer(kind: str, source: SourceCheckpoint, tokenizer_path: str | None, like: SourceCheckpoint | None):
+def _tokenizer(source: SourceCheckpoint, tokenizer_path: str | None, like: SourceCheckpoint | None):
     """The official vocabulary: the checkpoint's own tokenizer (GROVE release), or GLaMM's with GROVE's
     tokens added in the official order (GLaMM; a training .bin through --like / --tokenizer)."""
     folder = Path(tokenizer_path) if tokenizer_path else (like.folder if like is not None else source.folder)
@@ -265,23 +307,22 @@ def import_checkpoint(
     source = open_checkpoint(src)
     like_source = open_checkpoint(like) if like else None
     clip_source = open_checkpoint(clip) if clip else None
+    layers = _layers(kind, source, clip_source, like_source)
     llm_config = source.config or (like_source.config if like_source else None)
     if llm_config is None:
         raise WeightsImportError(f"{src}: no config.json beside it; pass --like with the folder of the model it came from")
     source_dtype = _dominant_dtype(source)
     out_dtype = dtype or {torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(source_dtype, "float32")
-    config = _target_config(kind, source, clip_source, llm_config, out_dtype, decoder_heads)
-    tok = _tokenizer(kind, source, tokenizer, like_source)
-    vocab = len(tok)
-    config = config.replace(llm={**config.llm, "vocab_size": vocab})
+    config = _target_config(kind, layers, llm_config, out_dtype, decoder_heads)
+    tok = _tokenizer(source, tokenizer, like_source)
+    config = config.replace(llm={**config.llm, "vocab_size": len(tok)})
     report = ImportReport(kind=kind, source=str(Path(src).resolve()), out=str(out.resolve()), dtype=out_dtype)
-    report.tokens = {name: getattr(token_ids(tok), name) for name in ("det", "p_start", "p_end", "vid_start", "vid_end")}
-    report.tokens["vocab_size"] = vocab
+    ids = token_ids(tok)
+    report.tokens = {name: getattr(ids, name) for name in ("det", "p_start", "p_end", "vid_start", "vid_end", "vocab_size")}
 
     targets = _target_shapes(config, tok)
-    slots = _plan(source, clip_source, targets, report)
-    fed = {slot.target for slot in slots}
-    fresh = _fresh_modules(config, set(targets) - fed)
+    slots = _plan(layers, targets, report)
+    fresh = _fresh_modules(config, set(targets) - {slot.target for slot in slots})
     if kind == "grove" and fresh:
         raise WeightsImportError(f"{src}: a released GROVE checkpoint should hold every tensor; missing {sorted(fresh)}")
 
@@ -289,21 +330,20 @@ def import_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     writer = ShardWriter(tmp, max_shard_bytes)
     target_dtype = torch_dtype(out_dtype)
-    by_origin = {"source": source, "clip": clip_source}
     done = 0
-    for origin, checkpoint in by_origin.items():
-        if checkpoint is None:
+    for layer in layers:
+        wanted = {slot.source: slot for slot in slots if slot.origin == layer.label}
+        if not wanted:
             continue
-        wanted = {slot.source: slot for slot in slots if slot.origin == origin}
-        for file, tensors in checkpoint.shards():
+        for file, tensors in layer.checkpoint.shards():
             for name, tensor in tensors:
                 slot = wanted.get(name)
                 if slot is None:
                     continue
                 value = official.TRANSFORMS[slot.transform](tensor, targets[slot.target][0])
                 writer.add(slot.target, value.to(target_dtype))
-                report.mapped.append({"source": name if origin == "source" else f"{checkpoint.path}:{name}", "target": slot.target,
-                                      "transform": slot.transform, "dtype": f"{str(tensor.dtype)[6:]}->{out_dtype}"})
+                report.mapped.append({"source": _source_label(layer, name), "target": slot.target, "transform": slot.transform,
+                                      "dtype": f"{str(tensor.dtype).removeprefix('torch.')}->{out_dtype}"})
                 if slot.target.endswith(".alpha"):
                     report.adapter_gates[slot.target] = float(tensor.float().reshape(-1)[0])
                 done += 1
