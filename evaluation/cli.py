@@ -142,7 +142,8 @@ def iground(
     protocol = dataclasses.replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
     report = evaluate_iground_files(gt, pred, split, protocol, embedding_model, captions, recall, _log_progress)
     report.protocol["preset"] = preset
-    report.protocol["skip_bad_clips"] = skip_bad_clips
+    if skip_bad_clips:  # recorded only when given, so the report stays what the evaluation asset writes
+        report.protocol["skip_bad_clips"] = True
     _finish(report, as_json, db, checkpoint, pretrain_size, per_clip, fail_on_errors=not skip_bad_clips)
 
 
