@@ -268,13 +268,19 @@ class GroveModel(nn.Module):
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def generate_ids(
-        self, global_pixels: torch.Tensor, max_new_tokens: int = 64, question: str | None = None
+        self,
+        global_pixels: torch.Tensor,
+        max_new_tokens: int = 64,
+        question: str | None = None,
+        prompt_ids: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """Greedy answer ids (B, n) after `ASSISTANT:`, `</s>` included where reached, pad after it."""
+        """Greedy answer ids (B, n) after `ASSISTANT:` (or after the given `prompt_ids`, which hold the
+        video placeholder), `</s>` included where reached, pad after it."""
         processor = self._require_processor()
         pixels = global_pixels.unsqueeze(0) if global_pixels.dim() == 4 else global_pixels
         batch = pixels.shape[0]
-        prompt = torch.tensor(processor.prompt_ids(question or INFERENCE_QUESTION), device=pixels.device)
+        ids = prompt_ids if prompt_ids is not None else processor.prompt_ids(question or INFERENCE_QUESTION)
+        prompt = torch.tensor(list(ids), device=pixels.device)
         video = self.encode_video(pixels.to(self.device))
         expanded = expand_video_tokens(
             prompt.expand(batch, -1), video, self.llm.get_input_embeddings(), video_mask=self.select_video(video)[1]
@@ -326,19 +332,7 @@ class GroveModel(nn.Module):
         ids = [a if not isinstance(a, str) else processor.answer_ids(a) for a in answers]
         texts = [a if isinstance(a, str) else processor.decode_answer(a) for a in answers]
         prompt = processor.prompt_ids(question or INFERENCE_QUESTION)
-        rows = [prompt + list(a) for a in ids]
-        length = max(len(r) for r in rows)
-        input_ids = torch.full((batch, length), processor.ids.pad, dtype=torch.long)
-        attention = torch.zeros((batch, length), dtype=torch.long)
-        for b, row in enumerate(rows):
-            input_ids[b, : len(row)] = torch.tensor(row)
-            attention[b, : len(row)] = 1
-        device = self.device
-        hidden, expanded, _ = self._llm_hidden(input_ids.to(device), attention.to(device), None, g_pixels.to(device))
-        queries, valid = self._queries(hidden, expanded)
-        d_pixels = d_pixels.to(device)
-        features = self.grounding_encoder(d_pixels)
-        boxes, logits = self.decode_boxes(features, queries.to(features.dtype), d_pixels)
+        boxes, logits, valid = self.ground_sequences(g_pixels, d_pixels, [prompt + list(a) for a in ids])
         phrases = [list(parse_answer(t).phrases) for t in texts]
         for b, count in enumerate(valid.sum(1).tolist()):
             if len(phrases[b]) != count:
@@ -346,6 +340,27 @@ class GroveModel(nn.Module):
         if single:
             return GroundingResult(boxes[0], logits[0], phrases[0])
         return GroundingResult(boxes, logits, phrases)
+
+    @torch.no_grad()
+    def ground_sequences(
+        self, global_pixels: torch.Tensor, grounding_pixels: torch.Tensor, sequences: Sequence[Sequence[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Boxes (B,T,Q,4) normalised cxcywh and objectness logits (B,T,Q) of the [DET] queries of whole
+        conversations (ids with the video placeholder, right-padded here), and the queries' validity (B,Q)."""
+        processor = self._require_processor()
+        length = max(len(r) for r in sequences)
+        input_ids = torch.full((len(sequences), length), processor.ids.pad, dtype=torch.long)
+        attention = torch.zeros((len(sequences), length), dtype=torch.long)
+        for b, row in enumerate(sequences):
+            input_ids[b, : len(row)] = torch.tensor(list(row))
+            attention[b, : len(row)] = 1
+        device = self.device
+        hidden, expanded, _ = self._llm_hidden(input_ids.to(device), attention.to(device), None, global_pixels.to(device))
+        queries, valid = self._queries(hidden, expanded)
+        pixels = grounding_pixels.to(device)
+        features = self.grounding_encoder(pixels)
+        boxes, logits = self.decode_boxes(features, queries.to(features.dtype), pixels)
+        return boxes, logits, valid
 
     # ------------------------------------------------------------------ checkpoints
     def trainable_parameter_names(self) -> list[str]:
