@@ -2,8 +2,9 @@
 
 The official evaluator (grove_spec.md 4.2, metrics_spec.md 7), run `--evaluation_mode per_video`:
 - GT clips are visited in the GT file's order; a clip without a prediction, or whose prediction has
-  no frame, is left out (it prints a warning for the first only); a prediction with more frames than
-  GT loses its LAST frame (once), then the frame counts must agree (else its assertion stops the run);
+  no frame, is left out (it prints a warning for a missing one, nothing for an empty one); a
+  prediction with more frames than GT loses its LAST frame (once), then the frame counts must agree
+  (else its assertion stops the run);
 - GT boxes are int-truncated; predicted boxes are clamped to the frame, int-truncated and written with
   score 1.0, frame t's boxes zipped with frame t's labels (`pred_bboxes[t]` with `pred_labels[t]`);
 - AP50: COCOeval per video, one category, every frame an image; `stats[1]` averaged over videos
