@@ -105,3 +105,29 @@ def test_the_paper_recipe_is_the_official_one():
     assert config.clip_adapters and config.clip_adapter_rows == 16 and config.video_pool == (8, 8, 9)
     assert config.box_readout == "query_mlp" and config.query_phrase_pooling == "none"
     assert config.video_token_selection == "all" and config.global_image_aspect == "crop"
+
+
+def test_paper_small_infers_in_the_official_layout_and_evaluates(paper_run, dataset_dir, tmp_path):
+    """`grove infer --data` then `grove eval iground --protocol official` on the trained paper-small model."""
+    import subprocess
+    import sys
+
+    from grove.data.predictions import load_predictions
+
+    out, _ = paper_run
+    predictions = tmp_path / "predictions.pkl"
+    infer = subprocess.run([sys.executable, "-m", "grove.cli", "infer", "--checkpoint", str(out), "--data", str(dataset_dir),
+                            "--split", "test", "--out", str(predictions)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert infer.returncode == 0, infer.stderr[-3000:]
+    assert "started from random weights" in infer.stderr  # the provenance note
+    records, errors = load_predictions(predictions)
+    assert len(records) == 2 and not errors
+    for record in records.values():  # the official layout: kept boxes, one label each, objectness per query
+        for boxes, labels, probs in zip(record.pred_bboxes, record.pred_labels, record.probs_temp_objectness):
+            assert len(boxes) == len(labels) == int((probs > 0.5).sum()) and len(probs) == len(record.pred_phrases)
+    evaluate = subprocess.run([sys.executable, "-m", "orchestration.cli", "eval", "iground", "--gt", str(dataset_dir), "--pred",
+                               str(predictions), "--split", "test", "--protocol", "official", "--no-captions", "--json"],
+                              cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    report = json.loads(evaluate.stdout)
+    assert report["counts"]["scored"] == 2 and {"AP50", "Recall"} <= set(report["metrics"])
