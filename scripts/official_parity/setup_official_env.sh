@@ -63,10 +63,15 @@ for spec in sys.argv[1:]:
 PYEOF
 )
 # the pinned versions must be the installed ones
-"$VENV/bin/python" - <<'EOF' || missing+=("transformers==4.46.3" "numpy<2")
+if ! "$VENV/bin/python" - 2>/dev/null <<'EOF'
 import numpy, transformers, sys
 sys.exit(0 if transformers.__version__ == "4.46.3" and numpy.__version__.startswith("1.") else 1)
 EOF
+then
+  for spec in "transformers==4.46.3" "numpy<2"; do
+    [[ " ${missing[*]} " == *" $spec "* ]] || missing+=("$spec")
+  done
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
   say "installing: ${missing[*]}"
   DS_BUILD_OPS=0 "${PIP[@]}" install -q -c "$CONSTRAINTS" "${missing[@]}"
