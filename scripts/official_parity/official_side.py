@@ -838,28 +838,35 @@ def train_llama_like_spm(out_dir: Path, vocab: int, seed: int) -> dict:
     t0 = time.time()
     tried = []
     v = vocab
+    if hasattr(spm, "set_random_generator_seed"):
+        spm.set_random_generator_seed(seed + 1)
+    cwd = os.getcwd()
+    os.chdir(out_dir)  # relative paths: the trainer spec stored in the model does not depend on DIR
     while True:
         try:
             spm.SentencePieceTrainer.train(
-                input=str(corpus), model_prefix=str(prefix), model_type="bpe", vocab_size=v,
+                input=corpus.name, model_prefix=prefix.name, model_type="bpe", vocab_size=v,
                 byte_fallback=True, split_digits=True, add_dummy_prefix=True, remove_extra_whitespaces=False,
                 normalization_rule_name="identity", allow_whitespace_only_pieces=True,
                 split_by_unicode_script=True, split_by_whitespace=True, split_by_number=True,
                 max_sentencepiece_length=16, character_coverage=0.99995, unk_id=0, bos_id=1, eos_id=2,
-                pad_id=-1, unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>", num_threads=2,
-                input_sentence_size=400000, shuffle_input_sentence=True, train_extremely_large_corpus=False,
+                pad_id=-1, unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>", num_threads=1,
+                input_sentence_size=0, shuffle_input_sentence=False, train_extremely_large_corpus=False,
                 minloglevel=2)
             break
         except RuntimeError as e:
             tried.append({"vocab": v, "error": str(e)[:200]})
             m = re.search(r"<= (\d+)", str(e))
             if not m or v <= 1000:
+                os.chdir(cwd)
                 raise
             v = int(m.group(1))
+    os.chdir(cwd)
     corpus.unlink()
     return {"requested_vocab": vocab, "vocab": v, "train_s": round(time.time() - t0, 1), "retries": tried,
             "settings": "bpe, byte_fallback, split_digits, add_dummy_prefix, identity normalization, "
-                        "remove_extra_whitespaces=False, <unk>=0 <s>=1 </s>=2, no pad",
+                        "remove_extra_whitespaces=False, <unk>=0 <s>=1 </s>=2, no pad; 1 thread, all lines, "
+                        "no shuffling, seeded: deterministic",
             "corpus": "400k generated English-like lines (fixed cooking/DIY words + 60k syllable pseudo-words, "
                       "numbers, punctuation)",
             "model_file": str(prefix) + ".model"}
