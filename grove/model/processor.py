@@ -245,7 +245,7 @@ class GroveProcessor:
 
     def answer_ids(self, answer: str) -> list[int]:
         """Ids of an answer as the model emits it after `ASSISTANT:` (without `</s>`)."""
-        return self.encode_text(" " + answer.strip())
+        return self.encode_text(" " + answer)
 
     def conversation_ids(self, answer: str, question: str = INFERENCE_QUESTION) -> tuple[list[int], list[int]]:
         """input_ids and labels of one conversation; labels are -100 outside the answer and its `</s>`."""

@@ -47,7 +47,7 @@ def import_command(
     typer.echo(f"  dropped {summary['dropped']}:")
     for reason, count in sorted(summary["drop_reasons"].items()):
         typer.echo(f"    {count:5d}  {reason}")
-    typer.echo(f"  fresh {summary['fresh']}: " + ", ".join(sorted({f['target'].rsplit('.', 2)[0] for f in report.fresh})))
+    typer.echo(f"  fresh {summary['fresh']}: " + ", ".join(sorted({f['module'] for f in report.fresh})))
     if report.adapter_gates:
         gates = ", ".join(f"{k.split('.adapters.')[0]}.{k.split('.')[-2]}={v:+.3f}" for k, v in sorted(report.adapter_gates.items()))
         typer.echo(f"  adapter gates tanh(alpha) inputs: {gates}")

@@ -66,7 +66,7 @@ class ImportReport:
     out: str
     dtype: str
     mapped: list[dict[str, Any]] = field(default_factory=list)
-    dropped: list[dict[str, str]] = field(default_factory=list)
+    dropped: list[dict[str, str]] = field(default_factory=list)  # source, reason[, by]
     fresh: list[dict[str, str]] = field(default_factory=list)
     adapter_gates: dict[str, float] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)
@@ -191,7 +191,15 @@ def _clip_prefix(clip: SourceCheckpoint) -> str:
 
 
 def _source_label(layer: _Layer, name: str) -> str:
-    return name if layer.label == "checkpoint" else f"{layer.label}:{name}"
+    return _label(layer.label, name)
+
+
+def _source_label_of(slot: "_Slot") -> str:
+    return _label(slot.origin, slot.source)
+
+
+def _label(origin: str, name: str) -> str:
+    return name if origin == "checkpoint" else f"{origin}:{name}"
 
 
 def _plan(layers: list[_Layer], targets: dict[str, tuple[tuple[int, ...], torch.dtype]], report: ImportReport) -> list[_Slot]:
@@ -217,7 +225,9 @@ def _plan(layers: list[_Layer], targets: dict[str, tuple[tuple[int, ...], torch.
                 report.dropped.append({"source": label, "reason": decision.reason})
                 continue
             if decision.target in slots:
-                report.dropped.append({"source": label, "reason": f"superseded by {slots[decision.target].origin}:{slots[decision.target].source}"})
+                winner = slots[decision.target]
+                report.dropped.append({"source": label, "reason": f"superseded by the {winner.origin} tensor for the same weight",
+                                       "by": _source_label_of(winner)})
                 continue
             _check_slot(label, info, decision, targets)
             # a resize or an extension that changes nothing is a copy (and is reported as one)
@@ -353,7 +363,7 @@ def import_checkpoint(
     for prefix, (how, module) in fresh.items():
         for name, tensor in module.state_dict().items():
             writer.add(f"{prefix}.{name}", tensor.to(target_dtype))
-            report.fresh.append({"target": f"{prefix}.{name}", "init": how})
+            report.fresh.append({"target": f"{prefix}.{name}", "module": prefix, "init": how})
     writer.close()
     atomic_write_text(tmp / "config.json", config.to_json() + "\n")
     copy_tokenizer_files(tok, tmp)

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Forward parity with the official GROVE code, end to end:
-#   scripts/official_parity/run_parity.sh /path/to/grove-checkout [WORK]
+#   scripts/official_parity/run_parity.sh /path/to/grove-checkout /path/to/groundingLMM-checkout [WORK]
 # 1. the official environment (.venv-official, its own pins; setup_official_env.sh);
 # 2. the official model at reduced width, its outputs and checkpoints (official_side.py model; ~10 min);
 # 3. `grove weights import --from grove` of its released layout, with the official vocabulary
 #    (official_side.py tokenizer: GLaMM's tokenizer, to which the importer adds GROVE's tokens);
 # 4. this project's model on the same inputs (compare.py): the largest deviation per output.
-# Also imports the training-time layout (.bin) and checks it gives the same tensors.
+# Also imports the training-time layout (.bin) and checks it gives the same tensors, and imports a GLaMM
+# checkpoint and checks it against the official train.py initialisation from it (compare_glamm.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-OFFICIAL=${1:?usage: run_parity.sh /path/to/grove-checkout [WORK]}
-WORK=${2:-runs/official_parity}
+OFFICIAL=${1:?usage: run_parity.sh /path/to/grove-checkout /path/to/groundingLMM-checkout [WORK]}
+GLAMM=${2:?usage: run_parity.sh /path/to/grove-checkout /path/to/groundingLMM-checkout [WORK]}
+WORK=${3:-runs/official_parity}
 PYO=${GROVE_OFFICIAL_VENV:-.venv-official}/bin/python
 mkdir -p "$WORK"
 scripts/official_parity/setup_official_env.sh
@@ -37,3 +39,8 @@ print(f"training-time .bin import: {len(a)} tensors, {len(differ)} differ from t
 sys.exit(1 if differ else 0)
 PY
 .venv/bin/python scripts/official_parity/compare.py --work "$WORK/model"
+
+[ -f "$WORK/glamm/glamm_init/provenance.json" ] || "$PYO" scripts/official_parity/official_side.py --official "$OFFICIAL" --glamm "$GLAMM" glamm --out "$WORK/glamm"
+rm -rf "$WORK/glamm/imported_glamm"
+.venv/bin/grove weights import --from glamm "$WORK/glamm/glamm_release" --clip "$WORK/glamm/clip-vit-tiny-patch14-336" --out "$WORK/glamm/imported_glamm" --no-hash
+.venv/bin/python scripts/official_parity/compare_glamm.py --work "$WORK/glamm"
