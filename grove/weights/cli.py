@@ -50,6 +50,6 @@ def import_command(
     typer.echo(f"  fresh {summary['fresh']}: " + ", ".join(sorted({f['module'] for f in report.fresh})))
     if report.adapter_gates:
         gates = ", ".join(f"{k.split('.adapters.')[0]}.{k.split('.')[-2]}={v:+.3f}" for k, v in sorted(report.adapter_gates.items()))
-        typer.echo(f"  adapter gates tanh(alpha) inputs: {gates}")
+        typer.echo(f"  adapter gates alpha (each adapter adds tanh(alpha) x its branch; 0 = identity): {gates}")
     typer.echo(f"  tokens: {json.dumps(report.tokens)}")
     typer.echo(f"  report: {Path(out) / 'import_report.json'}")
