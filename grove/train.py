@@ -49,6 +49,7 @@ from grove.data.loader import (
     make_loader,
     resolve_dataset,
 )
+from grove.data.synthetic import rendered_video_folders
 from grove.io import atomic_write_json, atomic_write_text
 from grove.model import GroveConfig, GroveModel, batch_to, tag_answer
 from grove.model.store import is_full_checkpoint
@@ -63,8 +64,8 @@ STATE_FILE = "state.json"
 TRAINER_FILE = "trainer_state.pt"
 LAST_FILE = "last.json"
 PROVENANCE_FILE = "provenance.json"
-# datasets of rendered videos: `grove data synth`, and the demo's auto-annotation of them (params.yaml)
-SYNTHETIC_DATASETS = {"synthetic", "synthetic-auto"}
+# what provenance calls clips of videos rendered by `grove data synth` (not real video)
+RENDERED = "synthetic videos"
 GROUNDING_TERMS = ("giou", "l1", "tobj")
 
 
@@ -262,13 +263,13 @@ def training_provenance(config: TrainConfig, model_config: GroveConfig, datasets
     start = None
     if config.init is not None:
         init = resolve_checkpoint(config.init)
-        start = {"path": str(init.resolve()), "provenance": read_provenance(init)}
+        start = {"path": str(init), "provenance": read_provenance(init)}
     elif model_config.base_weights is not None:
         start = {"path": model_config.base_weights, "provenance": read_provenance(model_config.base_weights)}
     return {
         "origin": "trained",
         "model_profile": model_config.profile,
-        "train_data": str(Path(config.train_data).resolve()),
+        "train_data": config.train_data,
         "train_split": config.train_split,
         "train_datasets": datasets,
         "seed": config.seed,
@@ -307,7 +308,7 @@ def provenance_note(checkpoint: str | Path) -> str | None:
         what = "has no training record (no provenance.json)" if provenance is None else "was never trained"
         return f"{folder}: this '{config.profile}' model started from random weights and {what}; {IMPORT_HINT}"
     seen = ", ".join(f"{name} ({count} clips)" for name, count in sorted(datasets.items()))
-    kind = "only on synthetic data: " if set(datasets) <= SYNTHETIC_DATASETS else "on "
+    kind = "only on synthetic data: " if set(datasets) == {RENDERED} else "on "
     return (f"{folder}: this '{config.profile}' model was trained {kind}{seen}, having started from random weights, "
             f"so its captions of real videos mean little; {IMPORT_HINT}")
 
@@ -467,12 +468,16 @@ def _records(data: str | None, split: str, boxes: str | None, video_root: str | 
 
 
 def _records_and_sources(data: str | None, split: str, boxes: str | None, video_root: str | None) -> tuple[list[ClipRecord], dict[str, int]]:
-    """The clips, and how many come from each dataset (the clip table's `dataset` column)."""
+    """The clips, and how many come from each dataset (the clip table's `dataset` column; clips of
+    videos that `grove data synth` rendered count under RENDERED whatever their dataset's name)."""
     if data is None:
         return [], {}
     dataset = resolve_dataset(data, split, processed=True, boxes=boxes, video_root=video_root)
-    names = dataset.clips.column("dataset").to_pylist()
-    return clip_records(dataset), {name: names.count(name) for name in sorted(set(names))}
+    records = clip_records(dataset)
+    rendered = rendered_video_folders(r.video_file.parent for r in records)
+    names = [RENDERED if r.video_file.parent in rendered else name
+             for r, name in zip(records, dataset.clips.column("dataset").to_pylist())]
+    return records, {name: names.count(name) for name in sorted(set(names))}
 
 
 def check_answers(records: list[ClipRecord], source: str, skip: bool) -> list[ClipRecord]:

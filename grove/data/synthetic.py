@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -157,6 +157,20 @@ def config_from_params(params_file: str | os.PathLike[str], profile: str | None 
     if "seed" in section:
         values.setdefault("seed", section["seed"])
     return SynthConfig.from_mapping(values, source=f"{path}: profile {name!r}")
+
+
+def rendered_video_folders(folders: Iterable[Path]) -> set[Path]:
+    """The folders among `folders` that hold videos rendered by `grove data synth`: the `videos/` folder
+    of a dataset whose manifest says kind "synthetic" (converted copies of its tables keep pointing there)."""
+    rendered = set()
+    for folder in set(folders):
+        try:
+            manifest = read_manifest(Path(folder).parent)
+        except ValueError:
+            continue
+        if manifest.get("kind") == "synthetic" and manifest.get("creator") == "grove data synth":
+            rendered.add(folder)
+    return rendered
 
 
 def split_counts_for_total(total: int) -> dict[str, int]:

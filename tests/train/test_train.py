@@ -179,3 +179,17 @@ def test_trainable_weights_are_fp32_master_copies_of_a_bf16_model():
     model = build_model(GroveConfig.tiny(dtype="bfloat16", freezing="paper"), torch.device("cpu"), False)
     dtypes = {(p.requires_grad, p.dtype) for p in model.parameters()}
     assert dtypes == {(True, torch.float32), (False, torch.bfloat16)}
+
+
+def test_a_model_trained_on_rendered_videos_says_so(tmp_path):
+    """Clips of `grove data synth` videos count as synthetic whatever their dataset is called (the demo's
+    iGround stand-in and auto-annotated pool reuse those videos), and `grove infer` says so."""
+    from grove.data.synthetic import SynthConfig, generate_dataset
+    from grove.train import provenance_note, read_provenance
+
+    data = tmp_path / "synth"
+    generate_dataset(data, SynthConfig(seed=3, pool_clips=0, train_clips=2, val_clips=0, test_clips=0), workers=1)
+    result = train(TrainConfig(train_data=str(data), out_dir=str(tmp_path / "out"), max_steps=1, batch_size=1,
+                               val_split=None, num_workers=0))
+    assert read_provenance(result.last_checkpoint)["train_datasets"] == {"synthetic videos": 2}
+    assert "trained only on synthetic data: synthetic videos (2 clips)" in provenance_note(result.last_checkpoint)
