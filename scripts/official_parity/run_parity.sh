@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Forward parity with the official GROVE code, end to end:
 #   scripts/official_parity/run_parity.sh /path/to/grove-checkout /path/to/groundingLMM-checkout [WORK]
-# 1. the official environment (.venv-official, its own pins; setup_official_env.sh);
+# 1. the environments: the project's .venv and the official code's .venv-official (its own pins);
 # 2. the official model at reduced width, its outputs and checkpoints (official_side.py model; ~10 min);
 # 3. `grove weights import --from grove` of its released layout, with the official vocabulary
 #    (official_side.py tokenizer: GLaMM's tokenizer, to which the importer adds GROVE's tokens);
@@ -15,7 +15,8 @@ GLAMM=${2:?usage: run_parity.sh /path/to/grove-checkout /path/to/groundingLMM-ch
 WORK=${3:-runs/official_parity}
 PYO=${GROVE_OFFICIAL_VENV:-.venv-official}/bin/python
 mkdir -p "$WORK"
-scripts/official_parity/setup_official_env.sh
+scripts/setup.sh                                   # the project's .venv (as make test does)
+scripts/official_parity/setup_official_env.sh      # the official code's own environment
 [ -f "$WORK/tokenizer/glamm_tokenizer/tokenizer_config.json" ] || "$PYO" scripts/official_parity/official_side.py --official "$OFFICIAL" tokenizer --out "$WORK/tokenizer"
 [ -f "$WORK/model/reference.json" ] || "$PYO" scripts/official_parity/official_side.py --official "$OFFICIAL" model --out "$WORK/model"
 rm -rf "$WORK/model/imported" "$WORK/model/imported_train"
