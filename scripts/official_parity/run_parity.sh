@@ -16,7 +16,7 @@ WORK=${3:-runs/official_parity}
 PYO=${GROVE_OFFICIAL_VENV:-.venv-official}/bin/python
 mkdir -p "$WORK"
 scripts/setup.sh                                   # the project's .venv (as make test does)
-scripts/official_parity/setup_official_env.sh      # the official code's own environment
+bash scripts/official_parity/setup_official_env.sh # the official code's own environment
 [ -f "$WORK/tokenizer/glamm_tokenizer/tokenizer_config.json" ] || "$PYO" scripts/official_parity/official_side.py --official "$OFFICIAL" tokenizer --out "$WORK/tokenizer"
 [ -f "$WORK/model/reference.json" ] || "$PYO" scripts/official_parity/official_side.py --official "$OFFICIAL" model --out "$WORK/model"
 rm -rf "$WORK/model/imported" "$WORK/model/imported_train"
