@@ -1,9 +1,13 @@
 """`grove annotate`: run the three-stage annotator over a catalog; score it against ground truth.
 
     grove annotate --catalog CAT --out DIR [--stage1 simulated] [--stage2 consensus] [--stage3 lexical]
-                   [--shard-size 1000] [--stage1-option noise=high] [--stage2-option model=PATH] ...
+                   [--shard-size 1000] [--batch-size 32] [--stage1-option noise=high] [--stage2-option model=PATH] ...
     grove annotate quality --auto DIR --gt GT
     grove annotate ablation --catalog CAT --gt GT --out DIR [--noise low --noise moderate ...]
+
+Re-running on the same --out resumes: finished shards are skipped, a shard that a killed run left
+half done restarts at its first unfinished batch, and videos added to the catalog since the last run
+go into new shards (finished shards are never touched; annotation/shards.py explains the plan).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+
+from annotation.shards import DEFAULT_BATCH_SIZE  # light: the stage engines load only when a stage runs
 
 app = typer.Typer(no_args_is_help=False, add_completion=False, invoke_without_command=True)
 logger = logging.getLogger(__name__)
@@ -57,7 +63,10 @@ def annotate(
     stage1: str = typer.Option("simulated", help="simulated | florence2 | package.module:Class"),
     stage2: str = typer.Option("consensus", help="consensus | transformers | vllm"),
     stage3: str = typer.Option("lexical", help="lexical | embedding | transformers | vllm"),
-    shard_size: int = typer.Option(1000, help="Clips per shard."),
+    shard_size: int = typer.Option(1000, help="Clips per new shard (shards already planned keep theirs)."),
+    batch_size: int = typer.Option(
+        DEFAULT_BATCH_SIZE, help="Clips a stage runs between two resume points (a killed run loses at most one batch)."
+    ),
     stage1_option: list[str] = typer.Option([], "--stage1-option", help="key=value for the stage-1 backend."),
     stage2_option: list[str] = typer.Option([], "--stage2-option", help="key=value for stage 2 (model=... for LLMs)."),
     stage3_option: list[str] = typer.Option([], "--stage3-option", help="key=value for stage 3."),
@@ -88,17 +97,21 @@ def annotate(
         video_backend=video_backend, clip_seconds=clip_seconds, segment_clips=segment_clips, dataset_name=dataset_name,
     )
     try:
-        run = run_annotation(catalog, out, config, shard_size=shard_size, progress=_progress_printer(), force=force)
+        run = run_annotation(catalog, out, config, shard_size=shard_size, progress=_progress_printer(), force=force,
+                             batch_size=batch_size)
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     manifest = json.loads((out / "dataset.json").read_text())
     stats = manifest["stats"]
     typer.echo(f"annotated {stats['clips']} clips ({stats['rejects']} rejected) -> {out}")
-    typer.echo(f"annotator version {run.version}; {run.shards} shards")
+    typer.echo(f"annotator version {run.version}; {run.shards} shards ({len(run.new_shards)} new)")
     for stage in (1, 2, 3):
         rate = run.clips_per_second(stage)
-        typer.echo(f"stage {stage}: {'all shards already done' if rate != rate else f'{rate:.1f} clips/s'}")
+        ran = run.ran(stage)
+        resumed = sum(r.resumed_batches for r in run.results if r.stage == stage)
+        done = f"{len(ran)} shards run, {rate:.1f} clips/s" + (f", {resumed} batches resumed" if resumed else "")
+        typer.echo(f"stage {stage}: {'all shards already done' if not ran else done}")
     for stage in ("stage2", "stage3"):
         if stats[stage].get("fallbacks"):
             typer.echo(f"{stage}: {stats[stage]['fallbacks']} LLM answers fell back ({stats[stage]['fallback_reasons']})")

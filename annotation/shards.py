@@ -1,13 +1,51 @@
-"""The idempotent shard runner: plan shards, run each stage per shard, merge into a dataset folder.
+"""The idempotent shard runner: a stable shard plan, each stage per shard in resumable batches, the merge.
 
 ```
 OUT/
+  shards/plan/gen-00000.parquet  gen-00001.parquet ...     the shard plan: append-only, one file a catalog change
   shards/stage1/shard-00000/  frames.parquet    failures.parquet  done.json
   shards/stage2/shard-00000/  captions.parquet  failures.parquet  done.json
   shards/stage3/shard-00000/  clips.parquet  boxes_raw.parquet  failures.parquet  done.json
+  shards/stage<N>/shard-<K>/batches/batch-00000/ ...       (while a stage of a shard runs)
   clips.parquet  boxes_raw.parquet  boxes_processed.parquet  rejects.parquet  dataset.json
   hierarchy.parquet                                            (long videos only)
 ```
+
+The shard plan. A clip's shard is decided once, the first time a catalog shows the clip, and never
+changes. The plan is a folder of generations, one Parquet file per catalog change that brought
+something new, written once and never rewritten. A generation holds the clips that were not in the
+plan yet (full clip rows, with a fingerprint), cut in key order into new shards of `shard_size`
+clips. Their numbers follow the previous generation's last shard. Existing shards never gain, lose
+or reorder a clip, so adding videos to a finished pool only adds shards: every finished shard's files
+stay byte-identical and are not re-annotated. The plan depends only on the sequence of catalogs it
+was extended from (and the shard size at each step), so the same history gives the same plan on any
+machine. The first generation is the plain key-order chunking of `shards_of`, so a pool annotated
+before the plan existed keeps its finished shards.
+
+A clip's fingerprint hashes its video's content (`content_hash` of the catalog's catalog.parquet, as
+`grove data ingest` writes it; for a catalog without one, the video path stands in for it) and the
+clip's own fields (span, fps, frame size, split, ...). Catalog changes that are not additions are
+recorded explicitly as a generation's `retire` rows:
+- a clip whose fingerprint changed (same key, new video content or span) is retired from its old
+  shard and planned anew in the generation's new shard: the old shard's files stay as they are, and
+  the new content is annotated in the new shard;
+- a clip that left the catalog is retired from its shard.
+The merge leaves every retired clip's rows out of the pool. A shard whose clips are all retired is
+neither run nor merged.
+
+Shards count: clips / shard_size, plus at most one partial shard for each catalog change that added
+clips. 1M clips at 1,000 a shard is about 1,000 partitions plus one a catalog update, far below the
+~100k that Dagster's UI handles.
+
+Resume within a shard. A stage runs a shard's clips in batches of `batch_size`, in plan order. Each
+finished batch is written atomically, its tables first and then a small record, batches/batch-<i>/done.json:
+the stage version, the hash of the batch's keys, the sha256 of the earlier stages' shard files it read,
+of its own files, and its counters. A re-run skips every batch whose record still holds. The engines
+get only the remaining clips, and the log says so ("stage 1 shard-00003: 3/8 batches already done,
+resuming at batch 4"). When every batch is there, the shard's tables are the batches' tables
+concatenated, in batch order. They are read back from the batch files on every run, so an interrupted
+run and an uninterrupted one write the same bytes. The batch folder is removed after done.json.
+
 Every file is written atomically, and `done.json` last: it records the stage's version (a hash of
 backends, models, prompts and parameters, chained through the earlier stages), the hash of the
 shard's key list and the sha256 of each file. A shard counts as done only when all three match, so
@@ -21,20 +59,26 @@ are the plain functions it calls (no Dagster here).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
+import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from annotation.records import (
+    CAPTION_SCHEMA,
     FAILURE_SCHEMA,
+    FRAME_SCHEMA,
     ClipFailure,
     ClipFrames,
     VideoCaption,
@@ -56,6 +100,7 @@ ANNOTATOR_CODE_VERSION = "1"
 STAGES = (1, 2, 3)
 DONE = "done.json"
 REJECTS = "rejects.parquet"
+DEFAULT_BATCH_SIZE = 32  # clips a stage runs between two resume points
 HIERARCHY = "hierarchy.parquet"
 
 ProgressFn = Callable[[str, int, int], None]  # (what, done, total); done=0 when `what` starts
@@ -117,7 +162,7 @@ def annotator_version(config: AnnotatorConfig) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# the catalog and the shard plan
+# the catalog
 
 
 @dataclass(frozen=True)
@@ -126,6 +171,20 @@ class Catalog:
     clips: pa.Table  # canonical clip table, sorted by key
     video_root: Path
     frame_objects: Path | None
+    # video path (as the clip table names it) -> hash of the file's bytes, from catalog.parquet
+    content_hashes: Mapping[str, str] = field(default_factory=dict)
+    clip_seconds: float | None = None  # long videos were split into clips of this length
+
+    def stamp(self) -> list[Any]:
+        """What the catalog was read from (its files' sizes and mtimes, and how long videos were split):
+        unchanged stamp, unchanged clips."""
+        files = [self.root / name for name in ("clips.parquet", "catalog.json", CATALOG_TABLE)]
+        return [str(self.root.resolve()), self.clip_seconds] + [
+            [f.name, f.stat().st_size, f.stat().st_mtime_ns] if f.exists() else [f.name, None, None] for f in files
+        ]
+
+
+CATALOG_TABLE = "catalog.parquet"  # grove.data.catalog's per-video table (content hashes)
 
 
 def _split_long_clips(clips: pa.Table, clip_seconds: float) -> pa.Table:
@@ -153,7 +212,8 @@ def _split_long_clips(clips: pa.Table, clip_seconds: float) -> pa.Table:
 
 def load_catalog(catalog_dir: str | Path, clip_seconds: float | None = None) -> Catalog:
     """CAT/clips.parquet (canonical clips) and CAT/catalog.json (`videos_root`, which relative video paths
-    resolve against, and `frame_objects`, the synthetic frame records), as `grove data ingest` writes them."""
+    resolve against, and `frame_objects`, the synthetic frame records), as `grove data ingest` writes them;
+    CAT/catalog.parquet, where present, gives each video's content hash."""
     root = Path(catalog_dir)
     clips_path = root / "clips.parquet"
     if not clips_path.exists():
@@ -179,13 +239,51 @@ def load_catalog(catalog_dir: str | Path, clip_seconds: float | None = None) -> 
         video_root=Path(video_root) if Path(video_root).is_absolute() else root / video_root,
         frame_objects=(Path(frame_objects) if Path(frame_objects).is_absolute() else root / frame_objects)
         if frame_objects else None,
+        content_hashes=_content_hashes(root / CATALOG_TABLE),
+        clip_seconds=clip_seconds,
     )
+
+
+def _content_hashes(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    try:
+        table = pq.read_table(path, columns=["relative_path", "content_hash"])
+    except (pa.ArrowInvalid, OSError, KeyError) as exc:
+        raise ValueError(f"{path}: no readable relative_path / content_hash columns: {exc}") from exc
+    return dict(zip(table["relative_path"].to_pylist(), table["content_hash"].to_pylist()))
+
+
+# The annotator's own outputs, and the catalog's dataset label (replaced by `dataset_name`), do not
+# make a clip different; every other field does.
+_NOT_FINGERPRINTED = ("caption", "tagged_caption", "phrases", "dataset")
+
+
+def clip_fingerprints(clips: pa.Table, content_hashes: Mapping[str, str]) -> list[str]:
+    """One hash per clip row: its video's content hash (else its path) and the clip's own fields."""
+    names = [name for name in CLIP_SCHEMA.names if name not in _NOT_FINGERPRINTED]
+    path_at = names.index("video_path")
+    columns = [clips[name].to_pylist() for name in names]
+    prints = []
+    for values in zip(*columns):
+        values = list(values)
+        content = content_hashes.get(values[path_at])
+        if content:
+            values[path_at] = f"content:{content}"  # a moved folder is not new content
+        text = "\x1f".join(repr(v) for v in values)
+        prints.append(hashlib.blake2b(text.encode(), digest_size=12).hexdigest())
+    return prints
+
+
+# ----------------------------------------------------------------------------------------------
+# the shard plan
 
 
 @dataclass(frozen=True)
 class ShardSpec:
     index: int
-    keys: tuple[str, ...]
+    keys: tuple[str, ...]  # the clips planned into the shard, in run order; fixed for good
+    retired: tuple[str, ...] = ()  # of those, the clips a later catalog changed or removed (left out of the pool)
 
     @property
     def name(self) -> str:
@@ -195,17 +293,203 @@ class ShardSpec:
     def keys_hash(self) -> str:
         return _digest(list(self.keys))
 
+    @property
+    def live_keys(self) -> tuple[str, ...]:
+        retired = set(self.retired)
+        return tuple(key for key in self.keys if key not in retired)
 
-def shards_of(keys: Sequence[str], shard_size: int) -> list[ShardSpec]:
+
+def shards_of(keys: Sequence[str], shard_size: int, first_index: int = 0) -> list[ShardSpec]:
+    """Consecutive runs of `shard_size` keys in sorted order, numbered from `first_index`."""
     if shard_size < 1:
         raise ValueError(f"shard size must be >= 1, got {shard_size}")
     keys = sorted(keys)
-    return [ShardSpec(i, tuple(keys[s : s + shard_size])) for i, s in enumerate(range(0, len(keys), shard_size))]
+    return [ShardSpec(first_index + i, tuple(keys[s : s + shard_size])) for i, s in enumerate(range(0, len(keys), shard_size))]
 
 
-def plan_shards(catalog_dir: str | Path, shard_size: int = 1000, clip_seconds: float | None = None) -> list[ShardSpec]:
-    """Consecutive runs of `shard_size` clip keys in sorted order: the same catalog gives the same shards."""
-    return shards_of(load_catalog(catalog_dir, clip_seconds).clips["key"].to_pylist(), shard_size)
+PLAN_DIR = ("shards", "plan")
+_GENERATION = re.compile(r"gen-(\d{5,})\.parquet")
+_SEEN = "catalog_seen.json"  # a cache: the catalog stamp the plan was last brought up to date with
+ADD, RETIRE = "add", "retire"
+# A generation's rows: an event, the shard it concerns, the clip's fingerprint and why; `add` rows
+# carry the whole clip row, `retire` rows only its key (so the clip columns are nullable here).
+PLAN_SCHEMA = pa.schema(
+    [
+        pa.field("event", pa.string(), nullable=False),  # add | retire
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("fingerprint", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),  # add: new | changed; retire: changed | removed
+        *(f.with_nullable(f.name != "key") for f in CLIP_SCHEMA),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Generation:
+    index: int
+    shards: tuple[str, ...]  # the shards it created
+    added: int
+    retired: int
+
+    @property
+    def file(self) -> str:
+        return f"gen-{self.index:05d}.parquet"
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """Every shard ever planned into an output folder, replayed from its generations."""
+
+    folder: Path
+    shards: tuple[ShardSpec, ...]
+    generations: tuple[Generation, ...]
+    live: Mapping[str, tuple[str, str]]  # key -> (shard, fingerprint) for every clip not retired
+    generation_of: Mapping[str, int]  # shard name -> the generation that holds its clip rows
+
+    def shard(self, name: str) -> ShardSpec | None:
+        return next((s for s in self.shards if s.name == name), None) if name in self.generation_of else None
+
+    def clips(self, shard: ShardSpec) -> pa.Table:
+        """The clip rows the plan recorded for the shard, in its key order."""
+        planned = self.shard(shard.name)
+        if planned is None or planned.keys != shard.keys:
+            raise KeyError(f"{self.folder}: the plan has no {shard.name} with these {len(shard.keys)} clips")
+        path = self.folder / Generation(self.generation_of[shard.name], (), 0, 0).file
+        rows = pq.read_table(path, filters=[("shard", "=", shard.name), ("event", "=", ADD)])
+        return rows.select(CLIP_SCHEMA.names).cast(CLIP_SCHEMA)
+
+
+def plan_dir(out_dir: str | Path) -> Path:
+    return Path(out_dir).joinpath(*PLAN_DIR)
+
+
+_PLANS: dict[tuple, ShardPlan] = {}  # replayed plans by their files' stamps (the sensor asks every tick)
+
+
+def load_plan(out_dir: str | Path) -> ShardPlan:
+    """The plan of an output folder as its generation files say (empty when there are none)."""
+    folder = plan_dir(out_dir)
+    files = sorted(folder.glob("gen-*.parquet")) if folder.is_dir() else []
+    files = [f for f in files if _GENERATION.fullmatch(f.name)]
+    numbers = [int(_GENERATION.fullmatch(f.name).group(1)) for f in files]  # type: ignore[union-attr]
+    if numbers != list(range(len(numbers))):
+        raise ValueError(f"{folder}: plan generations {numbers} are not 0..{len(numbers) - 1}; the plan is damaged")
+    stamp = (str(folder.resolve()), tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if stamp not in _PLANS:
+        _PLANS.clear()
+        _PLANS[stamp] = _replay(folder, files)
+    return _PLANS[stamp]
+
+
+def _replay(folder: Path, files: list[Path]) -> ShardPlan:
+    keys: dict[str, list[str]] = {}
+    retired: dict[str, list[str]] = {}
+    live: dict[str, tuple[str, str]] = {}
+    generation_of: dict[str, int] = {}
+    generations = []
+    for number, path in enumerate(files):
+        table = pq.read_table(path, columns=["event", "shard", "fingerprint", "key"])
+        created: list[str] = []
+        added = removed = 0
+        for event, shard, fingerprint, key in zip(*(table[c].to_pylist() for c in table.column_names)):
+            if event == RETIRE:
+                live.pop(key, None)
+                retired.setdefault(shard, []).append(key)
+                removed += 1
+            else:
+                if shard not in keys:
+                    keys[shard] = []
+                    generation_of[shard] = number
+                    created.append(shard)
+                keys[shard].append(key)
+                live[key] = (shard, fingerprint)
+                added += 1
+        generations.append(Generation(number, tuple(created), added, removed))
+    shards = tuple(
+        ShardSpec(int(name.split("-")[1]), tuple(members), tuple(sorted(retired.get(name, ()))))
+        for name, members in sorted(keys.items(), key=lambda item: int(item[0].split("-")[1]))
+    )
+    return ShardPlan(folder, shards, tuple(generations), live, generation_of)
+
+
+@contextlib.contextmanager
+def _plan_lock(folder: Path) -> Iterator[None]:
+    """One planner at a time per output folder (a sensor tick and an asset run may plan together)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def update_plan(catalog: Catalog, out_dir: str | Path, shard_size: int) -> ShardPlan:
+    """Bring the plan up to date with the catalog: a new generation if the catalog added, changed or
+    removed clips (new clips in new shards, key order), else the plan as it is. Never touches a shard
+    that is already planned beyond retiring clips of it."""
+    if shard_size < 1:
+        raise ValueError(f"shard size must be >= 1, got {shard_size}")
+    folder = plan_dir(out_dir)
+    with _plan_lock(folder):
+        plan = load_plan(out_dir)
+        seen = {"catalog": catalog.stamp(), "generations": len(plan.generations)}
+        try:
+            if json.loads((folder / _SEEN).read_text()) == seen:
+                return plan  # the catalog files have not changed since this plan was checked against them
+        except (OSError, json.JSONDecodeError):
+            pass
+        keys = catalog.clips["key"].to_pylist()
+        prints = clip_fingerprints(catalog.clips, catalog.content_hashes)
+        current = dict(zip(keys, prints))
+        retire = [(key, shard, fingerprint, "removed" if key not in current else "changed")
+                  for key, (shard, fingerprint) in sorted(plan.live.items()) if current.get(key) != fingerprint]
+        changed = {key for key, _, _, reason in retire if reason == "changed"}
+        adding = [i for i, key in enumerate(keys) if key not in plan.live or key in changed]
+        if retire or adding:
+            first = max((s.index for s in plan.shards), default=-1) + 1
+            table = _generation_table(catalog.clips, adding, [prints[i] for i in adding], changed, retire, first, shard_size)
+            number = len(plan.generations)
+            write_table(table, folder / Generation(number, (), 0, 0).file)
+            plan = load_plan(out_dir)
+            new = plan.generations[-1]
+            logger.info(
+                "shard plan: generation %d adds %d clips in %d new shards (%s), retires %d (%d changed, %d removed)",
+                number, new.added, len(new.shards), _span(new.shards), len(retire), len(changed), len(retire) - len(changed),
+            )
+        atomic_write_json(folder / _SEEN, {"catalog": catalog.stamp(), "generations": len(plan.generations)})
+        return plan
+
+
+def _span(names: Sequence[str]) -> str:
+    return "none" if not names else names[0] if len(names) == 1 else f"{names[0]}..{names[-1]}"
+
+
+def _generation_table(clips: pa.Table, adding: list[int], prints: list[str], changed: set[str],
+                      retire: list[tuple[str, str, str, str]], first_index: int, shard_size: int) -> pa.Table:
+    """Retire rows first, then the new clips in key order, `shard_size` a shard from `first_index`."""
+    retired = pa.Table.from_pylist(
+        [{"event": RETIRE, "shard": shard, "fingerprint": fingerprint, "reason": reason, "key": key}
+         for key, shard, fingerprint, reason in retire],
+        schema=PLAN_SCHEMA,
+    )
+    added = clips.take(pa.array(adding, pa.int64()))
+    keys = added["key"].to_pylist()
+    shards = [ShardSpec(first_index + i // shard_size, ()).name for i in range(len(keys))]
+    columns = {
+        "event": pa.array([ADD] * len(keys), pa.string()),
+        "shard": pa.array(shards, pa.string()),
+        "fingerprint": pa.array(prints, pa.string()),
+        "reason": pa.array(["changed" if key in changed else "new" for key in keys], pa.string()),
+    }
+    added = pa.Table.from_arrays([*columns.values(), *added.columns], names=[*columns, *added.column_names])
+    return pa.concat_tables([retired, added.cast(PLAN_SCHEMA)]).combine_chunks()
+
+
+def plan_shards(catalog_dir: str | Path, out_dir: str | Path, shard_size: int = 1000,
+                clip_seconds: float | None = None) -> list[ShardSpec]:
+    """The output folder's shards after bringing its plan up to date with the catalog (see the module doc)."""
+    return list(update_plan(load_catalog(catalog_dir, clip_seconds), out_dir, shard_size).shards)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,6 +498,9 @@ def plan_shards(catalog_dir: str | Path, shard_size: int = 1000, clip_seconds: f
 
 STAGE_FILES = {1: ("frames.parquet",), 2: ("captions.parquet",), 3: ("clips.parquet", "boxes_raw.parquet")}
 FAILURES = "failures.parquet"
+BATCHES = "batches"
+_SCHEMAS = {"frames.parquet": FRAME_SCHEMA, "captions.parquet": CAPTION_SCHEMA, "clips.parquet": CLIP_SCHEMA,
+            "boxes_raw.parquet": BOX_SCHEMA, FAILURES: FAILURE_SCHEMA}
 
 
 def shard_dir(out_dir: str | Path, stage: int, shard: ShardSpec) -> Path:
@@ -228,14 +515,22 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_done(out_dir: str | Path, stage: int, shard: ShardSpec) -> dict[str, Any] | None:
-    path = shard_dir(out_dir, stage, shard) / DONE
+def _read_json(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (json.JSONDecodeError, OSError):
         return None
+    return value if isinstance(value, dict) else None
+
+
+def _files_intact(folder: Path, files: Mapping[str, str]) -> bool:
+    return all((folder / name).exists() and _sha256(folder / name) == digest for name, digest in files.items())
+
+
+def read_done(out_dir: str | Path, stage: int, shard: ShardSpec) -> dict[str, Any] | None:
+    return _read_json(shard_dir(out_dir, stage, shard) / DONE)
 
 
 def is_done(out_dir: str | Path, stage: int, shard: ShardSpec, version: str) -> bool:
@@ -243,26 +538,23 @@ def is_done(out_dir: str | Path, stage: int, shard: ShardSpec, version: str) -> 
     stamp = read_done(out_dir, stage, shard)
     if stamp is None or stamp.get("version") != version or stamp.get("keys_hash") != shard.keys_hash:
         return False
-    folder = shard_dir(out_dir, stage, shard)
-    return all((folder / name).exists() and _sha256(folder / name) == digest for name, digest in stamp["files"].items())
+    return _files_intact(shard_dir(out_dir, stage, shard), stamp.get("files", {}))
+
+
+def _write_tables(folder: Path, tables: Mapping[str, pa.Table], record: dict[str, Any]) -> dict[str, Any]:
+    """The tables, then `record` plus their sha256 as done.json: the record vouches for exactly these bytes."""
+    (folder / DONE).unlink(missing_ok=True)  # whatever was here is no longer vouched for
+    for name, table in tables.items():
+        write_table(table, folder / name)
+    record = {**record, "files": {name: _sha256(folder / name) for name in sorted(tables)}}
+    atomic_write_json(folder / DONE, record)
+    return record
 
 
 def _write_shard(out_dir: Path, stage: int, shard: ShardSpec, version: str, tables: dict[str, pa.Table],
                  stats: dict[str, Any]) -> dict[str, Any]:
-    folder = shard_dir(out_dir, stage, shard)
-    (folder / DONE).unlink(missing_ok=True)  # whatever was here is no longer vouched for
-    for name, table in tables.items():
-        write_table(table, folder / name)
-    stamp = {
-        "stage": stage,
-        "shard": shard.name,
-        "version": version,
-        "keys_hash": shard.keys_hash,
-        "files": {name: _sha256(folder / name) for name in sorted(tables)},
-        "stats": stats,
-    }
-    atomic_write_json(folder / DONE, stamp)
-    return stamp
+    record = {"stage": stage, "shard": shard.name, "version": version, "keys_hash": shard.keys_hash, "stats": stats}
+    return _write_tables(shard_dir(out_dir, stage, shard), tables, record)
 
 
 def _read_shard_table(out_dir: Path, stage: int, shard: ShardSpec, name: str, version: str) -> pa.Table:
@@ -272,6 +564,33 @@ def _read_shard_table(out_dir: Path, stage: int, shard: ShardSpec, name: str, ve
             f"(expected version {version}); run stage {stage} for this shard first"
         )
     return pq.read_table(shard_dir(out_dir, stage, shard) / name)
+
+
+def batch_dir(out_dir: str | Path, stage: int, shard: ShardSpec, batch: int) -> Path:
+    return shard_dir(out_dir, stage, shard) / BATCHES / f"batch-{batch:05d}"
+
+
+def _batch_done(folder: Path, record: Mapping[str, Any]) -> bool:
+    """A batch counts when its record matches `record` (version, keys, inputs) and its files are intact."""
+    written = _read_json(folder / DONE)
+    if written is None or any(written.get(name) != value for name, value in record.items()):
+        return False
+    return _files_intact(folder, written.get("files", {}))
+
+
+def add_counters(total: dict[str, Any], more: Mapping[str, Any]) -> dict[str, Any]:
+    """Stage statistics of two batches as one: numbers add up, dicts of numbers add up per key, anything
+    else (an engine's name) keeps its first value. Stage stats are counters, so a shard run in batches
+    reports the same totals as one run whole."""
+    out = dict(total)
+    for name, value in more.items():
+        if name not in out:
+            out[name] = dict(value) if isinstance(value, dict) else value
+        elif isinstance(value, dict) and isinstance(out[name], dict):
+            out[name] = add_counters(out[name], value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(out[name], (int, float)):
+            out[name] = out[name] + value
+    return {name: out[name] for name in sorted(out)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,15 +606,30 @@ class StageResult:
     failures: int
     seconds: float
     stats: dict[str, Any] = field(default_factory=dict)
+    batches: int = 0  # the shard's batches (0 when the shard was already done)
+    resumed_batches: int = 0  # of those, finished by an earlier, interrupted run and not redone
+
+
+@dataclass
+class _Inputs:
+    """What a stage reads of the earlier stages' outputs for one shard, and the sha256 of those files."""
+
+    digests: dict[str, str]
+    frames: dict[str, ClipFrames] = field(default_factory=dict)
+    captions: dict[str, VideoCaption] = field(default_factory=dict)
 
 
 class Annotator:
     """Holds the configuration, the catalog and each stage's engine (built once, reused for every shard)."""
 
-    def __init__(self, config: AnnotatorConfig, catalog_dir: str | Path, out_dir: str | Path) -> None:
+    def __init__(self, config: AnnotatorConfig, catalog_dir: str | Path, out_dir: str | Path,
+                 batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
         self.config = config
         self.catalog = load_catalog(catalog_dir, config.clip_seconds)
         self.out_dir = Path(out_dir)
+        self.batch_size = batch_size
         self._engines: dict[int, Any] = {}
         self._parser: Any = None
 
@@ -327,64 +661,132 @@ class Annotator:
 
         return make_classifier(config.stage3, self.parser, dict(config.stage3_options))
 
+    def update_plan(self, shard_size: int) -> ShardPlan:
+        return update_plan(self.catalog, self.out_dir, shard_size)
+
     def shard_clips(self, shard: ShardSpec) -> pa.Table:
-        clips = self.catalog.clips.filter(pc.is_in(self.catalog.clips["key"], value_set=pa.array(shard.keys)))
-        if clips.num_rows != len(shard.keys):
-            missing = sorted(set(shard.keys) - set(clips["key"].to_pylist()))
+        """The shard's clip rows, in its key order: as its plan recorded them (a later catalog may have
+        changed or dropped the clip; the shard still annotates what was planned), or, for a shard the
+        output folder's plan does not hold (`shards_of` outside a plan), from the catalog."""
+        plan = load_plan(self.out_dir)
+        planned = plan.shard(shard.name)
+        if planned is not None and planned.keys == shard.keys:
+            return plan.clips(shard)
+        clips = self.catalog.clips.filter(pc.is_in(self.catalog.clips["key"], value_set=pa.array(shard.keys, pa.string())))
+        found = clips["key"].to_pylist()
+        if len(found) != len(shard.keys):
+            missing = sorted(set(shard.keys) - set(found))
             raise ValueError(f"{self.catalog.root}: {shard.name} names clips the catalog lacks: {missing[:5]}")
-        return clips
+        row_of = {key: i for i, key in enumerate(found)}
+        return clips.take(pa.array([row_of[key] for key in shard.keys], pa.int64()))
 
     def run_stage(self, stage: int, shard: ShardSpec, force: bool = False) -> StageResult:
+        """One stage of one shard, batch by batch; batches finished by an interrupted run are kept."""
         version = stage_version(self.config, stage)
+        folder = shard_dir(self.out_dir, stage, shard)
         if not force and is_done(self.out_dir, stage, shard, version):
+            shutil.rmtree(folder / BATCHES, ignore_errors=True)  # left by a run killed right after done.json
             stamp = read_done(self.out_dir, stage, shard) or {}
             return StageResult(stage, shard.name, True, len(shard.keys), 0, 0.0, stamp.get("stats", {}))
         start = time.perf_counter()
-        tables, stats = getattr(self, f"_stage{stage}")(shard)
+        inputs = self._inputs(stage, shard)
+        (folder / DONE).unlink(missing_ok=True)
+        if force:
+            shutil.rmtree(folder / BATCHES, ignore_errors=True)
+        size = self.batch_size
+        batches = [shard.keys[i : i + size] for i in range(0, len(shard.keys), size)] or [()]
+        records = [{"version": version, "keys_hash": _digest(list(keys)), "inputs": inputs.digests} for keys in batches]
+        done = [_batch_done(batch_dir(self.out_dir, stage, shard, i), record) for i, record in enumerate(records)]
+        if any(done):
+            logger.info("stage %d %s: %d/%d batches already done, resuming at batch %d", stage, shard.name, sum(done),
+                        len(batches), done.index(False) + 1 if not all(done) else len(batches) + 1)
+        clips = self.shard_clips(shard) if stage in (1, 3) and not all(done) else None
+        todo, ran = len(done) - sum(done), 0
+        for i, (keys, record) in enumerate(zip(batches, records)):
+            if done[i]:
+                continue
+            batch_start = time.perf_counter()
+            rows = clips.filter(pc.is_in(clips["key"], value_set=pa.array(keys, pa.string()))) if clips is not None else None
+            tables, stats = getattr(self, f"_stage{stage}")(keys, rows, inputs)
+            _write_tables(batch_dir(self.out_dir, stage, shard, i), tables, {**record, "batch": i, "stats": stats})
+            ran += 1
+            elapsed = time.perf_counter() - start
+            logger.info("stage %d %s: batch %d/%d done (%d clips, %.1f s; %d/%d left to run, ETA %.0f s)", stage,
+                        shard.name, i + 1, len(batches), len(keys), time.perf_counter() - batch_start, todo - ran, todo,
+                        elapsed / ran * (todo - ran))
+        tables, stats = self._gather(stage, shard, len(batches))
         stats = {**stats, "clips_in": len(shard.keys)}
         _write_shard(self.out_dir, stage, shard, version, tables, stats)
+        shutil.rmtree(folder / BATCHES, ignore_errors=True)  # the shard's tables now hold every batch
         seconds = time.perf_counter() - start
         failures = tables[FAILURES].num_rows
-        logger.info("stage %d %s: %d clips, %d failed, %.1f s (%.1f clips/s)", stage, shard.name, len(shard.keys),
-                    failures, seconds, len(shard.keys) / max(seconds, 1e-9))
-        return StageResult(stage, shard.name, False, len(shard.keys), failures, seconds, stats)
+        logger.info("stage %d %s: %d clips, %d failed, %.1f s (%.1f clips/s); %d batches, %d of them resumed", stage,
+                    shard.name, len(shard.keys), failures, seconds, len(shard.keys) / max(seconds, 1e-9), len(batches),
+                    sum(done))
+        return StageResult(stage, shard.name, False, len(shard.keys), failures, seconds, stats, len(batches), sum(done))
 
-    def _stage1(self, shard: ShardSpec) -> tuple[dict[str, pa.Table], dict[str, Any]]:
+    def _gather(self, stage: int, shard: ShardSpec, batches: int) -> tuple[dict[str, pa.Table], dict[str, Any]]:
+        """The shard's tables: every batch's, read back from its files and concatenated in batch order."""
+        names = (*STAGE_FILES[stage], FAILURES)
+        parts: dict[str, list[pa.Table]] = {name: [] for name in names}
+        stats: dict[str, Any] = {}
+        for i in range(batches):
+            folder = batch_dir(self.out_dir, stage, shard, i)
+            for name in names:
+                parts[name].append(pq.read_table(folder / name))
+            stats = add_counters(stats, (_read_json(folder / DONE) or {}).get("stats", {}))
+        # cast back to the canonical schemas: Parquet renames list items, which would change the bytes
+        tables = {name: pa.concat_tables(tables).cast(_SCHEMAS[name]).combine_chunks() for name, tables in parts.items()}
+        if stage == 3:
+            tables["boxes_raw.parquet"] = sort_boxes(tables["boxes_raw.parquet"]).combine_chunks()
+        return tables, stats
+
+    def _inputs(self, stage: int, shard: ShardSpec) -> _Inputs:
+        """The earlier stages' shard tables this stage reads (they must be done with their current
+        version), with their sha256: a batch written from other inputs does not count."""
+        if stage == 1:
+            return _Inputs({})
+        files = [(1, "frames.parquet")] + ([(2, "captions.parquet")] if stage == 3 else [])
+        tables, digests = {}, {}
+        for earlier, name in files:
+            tables[name] = _read_shard_table(self.out_dir, earlier, shard, name, stage_version(self.config, earlier))
+            digests[f"stage{earlier}/{name}"] = (read_done(self.out_dir, earlier, shard) or {})["files"][name]
+        inputs = _Inputs(digests, frames={c.key: c for c in clip_frames_from_table(tables["frames.parquet"])})
+        if stage == 3:
+            inputs.captions = {c.key: c for c in captions_from_table(tables["captions.parquet"])}
+        return inputs
+
+    def _stage1(self, keys: Sequence[str], clips: pa.Table, inputs: _Inputs) -> tuple[dict[str, pa.Table], dict[str, Any]]:
         from annotation.stage1 import clip_requests
 
-        requests = clip_requests(self.shard_clips(shard), self.catalog.video_root, self.config.frame_stride)
+        requests = clip_requests(clips, self.catalog.video_root, self.config.frame_stride)
         results = _caption_isolating_failures(self.engine(1), requests)
         done = [r for r in results if isinstance(r, ClipFrames)]
         failed = [r for r in results if isinstance(r, ClipFailure)]
         frames = sum(len(c.frames) for c in done)
         return {"frames.parquet": frames_table(done), FAILURES: failures_table(failed, "stage1")}, {"frames": frames}
 
-    def _stage2(self, shard: ShardSpec) -> tuple[dict[str, pa.Table], dict[str, Any]]:
-        frames = _read_shard_table(self.out_dir, 1, shard, "frames.parquet", stage_version(self.config, 1))
-        results, stats = self.engine(2).run(clip_frames_from_table(frames))
+    def _stage2(self, keys: Sequence[str], clips: pa.Table | None, inputs: _Inputs) -> tuple[dict[str, pa.Table], dict[str, Any]]:
+        frames = [inputs.frames[key] for key in keys if key in inputs.frames]  # stage-1 failures have none
+        results, stats = self.engine(2).run(frames)
         captions = [r for r in results if isinstance(r, VideoCaption)]
         failed = [r for r in results if isinstance(r, ClipFailure)]
         tables = {"captions.parquet": captions_table(captions), FAILURES: failures_table(failed, "stage2")}
         return tables, stats.as_dict()
 
-    def _stage3(self, shard: ShardSpec) -> tuple[dict[str, pa.Table], dict[str, Any]]:
+    def _stage3(self, keys: Sequence[str], clips: pa.Table, inputs: _Inputs) -> tuple[dict[str, pa.Table], dict[str, Any]]:
         from annotation.stage3 import Stage3Stats, Tracking, assign_boxes, complete_tubes
 
-        frames = _read_shard_table(self.out_dir, 1, shard, "frames.parquet", stage_version(self.config, 1))
-        captions_raw = _read_shard_table(self.out_dir, 2, shard, "captions.parquet", stage_version(self.config, 2))
-        captions = {c.key: c for c in captions_from_table(captions_raw)}
-        clips = [c for c in clip_frames_from_table(frames) if c.key in captions]
+        captions = inputs.captions
+        frames = [inputs.frames[key] for key in keys if key in inputs.frames and key in captions]
         stats = Stage3Stats()
-        rows = assign_boxes(clips, captions, self.engine(3), stats, Tracking(self.config.tracking), self.parser)
-        shard_clips = self.shard_clips(shard)
+        rows = assign_boxes(frames, captions, self.engine(3), stats, Tracking(self.config.tracking), self.parser)
         stride = max(1, self.config.frame_stride)
         # with a stride, the frames between annotated ones are filled from their neighbours
         max_missing = self.config.fill_gaps * stride + stride - 1
-        rows = complete_tubes(rows, grid_frame_ids(shard_clips), max_missing, self.config.smooth_radius)
-        boxes = box_table(rows)
-        clip_rows = annotated_clip_rows(shard_clips, captions, self.config.dataset_name)
-        tables = {"clips.parquet": clip_rows, "boxes_raw.parquet": sort_boxes(boxes),
-                  FAILURES: failures_table([], "stage3")}
+        rows = complete_tubes(rows, grid_frame_ids(clips), max_missing, self.config.smooth_radius)
+        tables = {"clips.parquet": annotated_clip_rows(clips, captions, self.config.dataset_name),
+                  "boxes_raw.parquet": sort_boxes(box_table(rows)), FAILURES: failures_table([], "stage3")}
         return tables, stats.as_dict()
 
 
@@ -429,9 +831,11 @@ def annotated_clip_rows(clips: pa.Table, captions: dict[str, VideoCaption], data
 
 
 def run_stage(stage: int, shard: ShardSpec, out_dir: str | Path, config: AnnotatorConfig, catalog_dir: str | Path,
-              annotator: Annotator | None = None, force: bool = False) -> StageResult:
-    """One stage of one shard (skipped when done with this version). Pass `annotator` to reuse engines."""
-    annotator = annotator or Annotator(config, catalog_dir, out_dir)
+              annotator: Annotator | None = None, force: bool = False,
+              batch_size: int = DEFAULT_BATCH_SIZE) -> StageResult:
+    """One stage of one shard (skipped when done with this version). Pass `annotator` to reuse engines
+    (its own batch size then applies)."""
+    annotator = annotator or Annotator(config, catalog_dir, out_dir, batch_size=batch_size)
     return annotator.run_stage(stage, shard, force=force)
 
 
@@ -443,16 +847,28 @@ def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
     return pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
 
 
+def _without(table: pa.Table, keys: Sequence[str]) -> pa.Table:
+    if not keys:
+        return table
+    return table.filter(pc.invert(pc.is_in(table["key"], value_set=pa.array(keys, pa.string()))))
+
+
 def merge_shards(out_dir: str | Path, shards: Sequence[ShardSpec], config: AnnotatorConfig) -> Path:
-    """The dataset folder: every shard's stage-3 tables, processed boxes, rejects and the manifest."""
+    """The dataset folder: every shard's stage-3 tables, processed boxes, rejects and the manifest.
+
+    Clips the plan retired (changed or removed by a later catalog) are left out; a shard with no
+    clip left is not read at all. Stage statistics still count every clip a shard ran.
+    """
     out = Path(out_dir)
     versions = {stage: stage_version(config, stage) for stage in STAGES}
     clips, boxes, failures, stats = [], [], [], {stage: [] for stage in STAGES}
     for shard in shards:
-        clips.append(_read_shard_table(out, 3, shard, "clips.parquet", versions[3]))
-        boxes.append(_read_shard_table(out, 3, shard, "boxes_raw.parquet", versions[3]))
+        if not shard.live_keys:
+            continue
+        clips.append(_without(_read_shard_table(out, 3, shard, "clips.parquet", versions[3]), shard.retired))
+        boxes.append(_without(_read_shard_table(out, 3, shard, "boxes_raw.parquet", versions[3]), shard.retired))
         for stage in STAGES:
-            failures.append(_read_shard_table(out, stage, shard, FAILURES, versions[stage]))
+            failures.append(_without(_read_shard_table(out, stage, shard, FAILURES, versions[stage]), shard.retired))
             stats[stage].append((read_done(out, stage, shard) or {}).get("stats", {}))
     clip_table = _concat(clips, CLIP_SCHEMA).sort_by([("key", "ascending")])
     raw = sort_boxes(_concat(boxes, BOX_SCHEMA))
@@ -510,18 +926,28 @@ class AnnotationRun:
     version: str
     shards: int
     results: list[StageResult]
+    new_shards: tuple[str, ...] = ()  # the shards this run's catalog added to the plan
 
     def clips_per_second(self, stage: int) -> float:
         ran = [r for r in self.results if r.stage == stage and not r.skipped]
         seconds = sum(r.seconds for r in ran)
         return sum(r.clips for r in ran) / seconds if seconds > 0 else float("nan")
 
+    def ran(self, stage: int) -> list[str]:
+        """The shards whose stage ran (were not already done)."""
+        return [r.shard for r in self.results if r.stage == stage and not r.skipped]
+
 
 def annotate(catalog_dir: str | Path, out_dir: str | Path, config: AnnotatorConfig, shard_size: int = 1000,
-             progress: ProgressFn | None = None, force: bool = False) -> AnnotationRun:
-    """Every stage of every shard (stage by stage, so each engine is loaded once), then the merge."""
-    annotator = Annotator(config, catalog_dir, out_dir)
-    shards = shards_of(annotator.catalog.clips["key"].to_pylist(), shard_size)
+             progress: ProgressFn | None = None, force: bool = False,
+             batch_size: int = DEFAULT_BATCH_SIZE) -> AnnotationRun:
+    """Bring the shard plan up to date with the catalog, run every stage of every shard (stage by stage,
+    so each engine is loaded once; done shards and done batches are skipped), then merge."""
+    annotator = Annotator(config, catalog_dir, out_dir, batch_size=batch_size)
+    known = len(load_plan(out_dir).generations)
+    plan = annotator.update_plan(shard_size)
+    new_shards = tuple(name for generation in plan.generations[known:] for name in generation.shards)
+    shards = [shard for shard in plan.shards if shard.live_keys]  # a shard whose clips all left has nothing to add
     results = []
     started = time.perf_counter()
     for stage in STAGES:
@@ -531,7 +957,9 @@ def annotate(catalog_dir: str | Path, out_dir: str | Path, config: AnnotatorConf
             results.append(annotator.run_stage(stage, shard, force=force))
             if progress is not None:
                 progress(f"stage {stage}", i + 1, len(shards))
+        ran = [r.shard for r in results if r.stage == stage and not r.skipped]
+        logger.info("stage %d: %d shards run (%s), %d already done", stage, len(ran), _span(ran), len(shards) - len(ran))
     merge_shards(out_dir, shards, config)
-    logger.info("annotated %d clips in %d shards in %.1f s -> %s", annotator.catalog.clips.num_rows, len(shards),
-                time.perf_counter() - started, out_dir)
-    return AnnotationRun(Path(out_dir), annotator_version(config), len(shards), results)
+    logger.info("annotated %d clips in %d shards (%d new) in %.1f s -> %s", annotator.catalog.clips.num_rows,
+                len(shards), len(new_shards), time.perf_counter() - started, out_dir)
+    return AnnotationRun(Path(out_dir), annotator_version(config), len(shards), results, new_shards)

@@ -1,5 +1,10 @@
 """Sensors: new videos in the raw folder → a new catalog; a new catalog → new annotation shards.
 
+The shard plan only grows: a new catalog's clips go into new shards, and finished shards are never
+re-planned (annotation/shards.py). So the shard sensor requests runs for new shards only, plus any
+shard whose recorded key list differs from the plan's (a plan that was deleted and rebuilt), and a
+merge of the pool when a catalog only retired clips (no new shard whose annotation would trigger it).
+
 Downstream of the shards, declarative automation conditions (eager) keep the lineage fresh; the
 automation sensor that evaluates them is defined here too.
 """
@@ -11,7 +16,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from orchestration.defs.annotation.assets import STAGE_KEYS
+from orchestration.defs.annotation.assets import POOL, STAGE_KEYS
 from orchestration.defs.annotation.partitions import SHARDS, add_shards, missing_shards, planned_shards
 from orchestration.defs.raw_videos.assets import CATALOG, pool_videos_root
 from orchestration.profile import Profile
@@ -75,18 +80,21 @@ def build(profile: Profile) -> list:
 
     @dg.sensor(
         name="annotation_shard_sensor",
-        target=STAGES,
+        target=[*STAGES, POOL],
         minimum_interval_seconds=60,
-        description=f"Adds the shards of a new catalog as partitions (at most {limit} a tick) and annotates "
-        "new shards and shards whose clip list changed.",
+        description=f"Adds the new shards of a new catalog as partitions (at most {limit} a tick) and annotates "
+        "them (finished shards are never re-planned); re-merges the pool when a catalog only removed or "
+        "changed clips.",
     )
     def annotation_shard_sensor(context: dg.SensorEvaluationContext, paths: PipelinePaths) -> dg.SensorResult | dg.SkipReason:
+        from annotation.shards import load_plan
+
         records = context.instance.fetch_materializations(CATALOG, limit=1).records
         if not records:
             return dg.SkipReason("no catalog yet")
         catalog_id = records[0].storage_id
         cursor = json.loads(context.cursor) if context.cursor else {}
-        planned = planned_shards(profile, paths)
+        planned = planned_shards(profile, paths)  # extends the plan with the catalog's new clips
         new = missing_shards(context.instance, list(planned), limit)
         changed: list[str] = []
         if cursor.get("catalog") != catalog_id:
@@ -94,14 +102,19 @@ def build(profile: Profile) -> list:
             recorded = latest_shard_hashes(context.instance, known)
             changed = [name for name in known if recorded.get(name) not in (None, planned[name].keys_hash)]
         backlog = len(missing_shards(context.instance, list(planned))) - len(new)
+        generations = load_plan(paths.path("annotation")).generations
+        # A generation that only retired clips starts no shard run, so nothing else re-merges the pool.
+        retiring = [g for g in generations[cursor.get("generations", 0):] if g.retired and not g.shards]
         # The catalog counts as handled once every one of its shards is a partition.
-        next_cursor = {"catalog": catalog_id if backlog == 0 else cursor.get("catalog")}
-        if not new and not changed:
-            return dg.SensorResult(skip_reason=f"{len(planned)} shards, all known and current", cursor=json.dumps(next_cursor))
+        next_cursor = {"catalog": catalog_id if backlog == 0 else cursor.get("catalog"), "generations": len(generations)}
         requests = [
             dg.RunRequest(run_key=f"{name}:{planned[name].keys_hash}", partition_key=name, asset_selection=STAGES)
             for name in new + changed
         ]
+        if retiring:
+            requests.append(dg.RunRequest(run_key=f"plan-generation-{retiring[-1].index}", asset_selection=[POOL]))
+        if not requests:
+            return dg.SensorResult(skip_reason=f"{len(planned)} shards, all known and current", cursor=json.dumps(next_cursor))
         return dg.SensorResult(
             run_requests=requests,
             dynamic_partitions_requests=[SHARDS.build_add_request(new)] if new else [],

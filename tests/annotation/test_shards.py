@@ -60,7 +60,7 @@ def test_a_corrupt_video_is_rejected_and_its_shard_completes(synthetic, referenc
     rejects = pq.read_table(out / "rejects.parquet").to_pylist()
     assert [(r["key"], r["stage"]) for r in rejects] == [("vid0005_0", "stage1")]
     assert "unreadable video" in rejects[0]["reason"]
-    shard = next(s for s in plan_shards(synthetic.catalog, 5) if "vid0005_0" in s.keys)
+    shard = next(s for s in plan_shards(synthetic.catalog, out, 5) if "vid0005_0" in s.keys)
     assert all(is_done(out, stage, shard, stage_version(CONFIG, stage)) for stage in (1, 2, 3))
 
 
@@ -89,7 +89,7 @@ def test_a_damaged_shard_output_is_redone(synthetic, reference, tmp_path):
 
     out = tmp_path / "copy"
     shutil.copytree(reference[0], out)
-    shards = plan_shards(synthetic.catalog, 5)
+    shards = plan_shards(synthetic.catalog, out, 5)
     frames = shard_dir(out, 1, shards[1]) / "frames.parquet"
     frames.write_bytes(frames.read_bytes()[:100])  # a torn file behind a valid-looking stamp
     (shard_dir(out, 2, shards[0]) / "done.json").write_text("{not json")
@@ -119,18 +119,20 @@ def test_a_killed_run_resumes_to_byte_identical_tables(synthetic, reference, tmp
                             env=env, capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not (out / "clips.parquet").exists()
-    (shard_dir(out, 3, plan_shards(synthetic.catalog, 5)[0])).mkdir(parents=True, exist_ok=True)
-    (shard_dir(out, 3, plan_shards(synthetic.catalog, 5)[0]) / ".clips.parquet.x.tmp").write_bytes(b"half")
+    first = plan_shards(synthetic.catalog, out, 5)[0]
+    shard_dir(out, 3, first).mkdir(parents=True, exist_ok=True)
+    (shard_dir(out, 3, first) / ".clips.parquet.x.tmp").write_bytes(b"half")
     run = annotate(synthetic.catalog, out, CONFIG, shard_size=5)
     assert sum(r.skipped for r in run.results) == (shards_done if stage == "stage 1" else 3 + shards_done)
     assert _final_bytes(out) == _final_bytes(reference[0])
 
 
 def test_plain_functions_for_orchestration(synthetic, tmp_path):
-    shards = plan_shards(synthetic.catalog, 4)
+    shards = plan_shards(synthetic.catalog, tmp_path, 4)
     assert [s.name for s in shards] == ["shard-00000", "shard-00001", "shard-00002"]
     assert [k for s in shards for k in s.keys] == sorted(synthetic.keys)
-    assert plan_shards(synthetic.catalog, 4) == shards
+    assert plan_shards(synthetic.catalog, tmp_path, 4) == shards
+    assert plan_shards(synthetic.catalog, tmp_path, 3) == shards  # planned shards keep their size
     for stage in (1, 2, 3):
         result = run_stage(stage, shards[0], tmp_path, CONFIG, synthetic.catalog)
         assert not result.skipped and result.clips == 4

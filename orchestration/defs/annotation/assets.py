@@ -5,6 +5,10 @@ tagged noun phrases; stage 3 ties each frame's boxes to those phrases. Each stag
 its annotator stage version (a hash of backends, models, prompts and parameters, chained through
 the earlier stages), so a changed prompt or model marks that stage and everything after it stale.
 The merge makes the HowToGround1M-format dataset the scaling subsets draw from.
+
+A partition is a shard of the annotation folder's shard plan: its clips are fixed once planned, so
+a new catalog adds partitions and never re-annotates a finished one. Within a partition, a stage
+runs in batches and a killed run resumes at its first unfinished batch (`annotation.batch_size`).
 """
 
 import json
@@ -14,7 +18,14 @@ from typing import Any
 import dagster as dg
 
 from orchestration.defs.annotation.checks import shard_check_results, shard_check_specs
-from orchestration.defs.annotation.partitions import SHARDS, annotator_config, planned_shards, shard_files, shard_spec
+from orchestration.defs.annotation.partitions import (
+    SHARDS,
+    annotator_config,
+    batch_size,
+    planned_shards,
+    shard_files,
+    shard_spec,
+)
 from grove.io import atomic_write_json
 from orchestration.defs.common import OWNERS, code_version, input_versions, numeric_metadata, table_preview, timed
 from orchestration.defs.raw_videos.assets import CATALOG, SYNTHETIC, uses_synthetic
@@ -52,22 +63,24 @@ PREVIEW_COLUMNS = {
 _ANNOTATORS: dict[tuple, Any] = {}
 
 
-def process_annotator(config: Any, catalog_dir: Path, out_dir: Path) -> Any:
-    """The process's Annotator for this configuration, catalog and output folder.
+def process_annotator(config: Any, catalog_dir: Path, out_dir: Path, batch: int | None = None) -> Any:
+    """The process's Annotator for this configuration, catalog, output folder and batch size.
 
     Its engines (the stage-1 captioner, spaCy for stages 2 and 3) load once and serve every stage
     and shard this process runs, instead of once per `run_stage` call. A rewritten catalog (other
     size or mtime of its files) or another configuration gets a fresh one, and the old one is
     dropped. Safe to share: each stage's output depends only on the shard (per-clip seeds).
     """
-    from annotation.shards import Annotator
+    from annotation.shards import DEFAULT_BATCH_SIZE, Annotator
 
-    files = [catalog_dir / name for name in ("clips.parquet", "catalog.json")]
+    batch = batch or DEFAULT_BATCH_SIZE
+    files = [catalog_dir / name for name in ("clips.parquet", "catalog.json", "catalog.parquet")]
     stamps = tuple((f.stat().st_mtime_ns, f.stat().st_size) if f.exists() else None for f in files)
-    key = (json.dumps(config.as_dict(), sort_keys=True, default=str), str(catalog_dir.resolve()), str(out_dir.resolve()), stamps)
+    key = (json.dumps(config.as_dict(), sort_keys=True, default=str), str(catalog_dir.resolve()), str(out_dir.resolve()),
+           stamps, batch)
     if key not in _ANNOTATORS:
         _ANNOTATORS.clear()
-        _ANNOTATORS[key] = Annotator(config, catalog_dir, out_dir)
+        _ANNOTATORS[key] = Annotator(config, catalog_dir, out_dir, batch_size=batch)
     return _ANNOTATORS[key]
 
 
@@ -102,14 +115,19 @@ def _stage_asset(profile: Profile, stage: int) -> dg.AssetsDefinition:
         out, catalog, config = paths.path("annotation"), paths.path("catalog"), annotator_config(profile)
         metadata: dict = {}
         with timed(metadata):
-            result = run_stage(stage, shard, out, config, catalog, annotator=process_annotator(config, catalog, out))
+            annotator = process_annotator(config, catalog, out, batch_size(profile))
+            result = run_stage(stage, shard, out, config, catalog, annotator=annotator)
         folder = shard_dir(out, stage, shard)
         preview_file, preview_columns = PREVIEW_COLUMNS[stage]
         metadata |= numeric_metadata(
-            {"clips": result.clips, "failures": result.failures, "reused": result.skipped, "stage_seconds": result.seconds}
+            {"clips": result.clips, "failures": result.failures, "reused": result.skipped, "stage_seconds": result.seconds,
+             # batches an interrupted run had finished, which this one kept instead of redoing
+             "batches": result.batches, "resumed_batches": result.resumed_batches}
         )
         metadata["stats"] = dg.MetadataValue.json(result.stats)
         metadata["keys_hash"] = dg.MetadataValue.text(shard.keys_hash)
+        if shard.retired:  # clips a later catalog changed or removed: kept here, left out of the pool
+            metadata["retired_clips"] = dg.MetadataValue.int(len(shard.retired))
         metadata["path"] = dg.MetadataValue.path(str(folder))
         metadata["preview"] = table_preview(pq.read_table(folder / preview_file), preview_columns)
         # The shard's data files only: done.json also holds run statistics, which must not make an
@@ -137,7 +155,8 @@ def build(profile: Profile) -> list:
         automation_condition=dg.AutomationCondition.eager(),
         description="The auto-annotated pool in the HowToGround1M format: every shard's stage-3 tables "
         "merged into one dataset folder (raw and union-merged processed boxes, rejected clips with "
-        "their reasons, the annotator version in its manifest).",
+        "their reasons, the annotator version in its manifest); clips a later catalog changed or "
+        "removed are left out.",
     )
     def annotated_pool(context: dg.AssetExecutionContext, paths: PipelinePaths, dvc: DvcResource) -> dg.MaterializeResult:
         import pyarrow.parquet as pq

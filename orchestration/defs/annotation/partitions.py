@@ -1,9 +1,12 @@
 """Annotation shards as Dagster partitions.
 
 One partition per shard of about `annotation.shard_size` clips, never one per video (the UI slows
-past ~100k partitions). The shard names come from the catalog through annotation.plan_shards, so
-they exist only once the catalog does: the shard sensor (and `grove demo`) adds them, a batch at
-a time (SQLite instance storage fails on very large single additions).
+past ~100k partitions). The shard names come from the annotation folder's shard plan, which
+annotation.plan_shards brings up to date with the catalog: new clips land in new shards, and a
+planned shard keeps its clips for good (annotation/shards.py). A partition key therefore always
+names the same clips, and a new catalog only adds partitions. The shards exist only once the
+catalog does: the shard sensor (and `grove demo`) adds them, a batch at a time (SQLite instance
+storage fails on very large single additions).
 """
 
 from __future__ import annotations
@@ -29,9 +32,12 @@ def annotator_config(profile: Profile) -> Any:
 
 
 def planned_shards(profile: Profile, paths: PipelinePaths) -> dict[str, Any]:
-    """Shard name → ShardSpec, as the current catalog divides its clips; empty before the catalog exists.
+    """Shard name → ShardSpec of every planned shard; empty before the catalog exists.
 
-    The plan uses the annotator's own clip parameters (`clip_seconds` splits long videos into clips
+    Brings the plan (under the annotation folder) up to date with the current catalog first: a new
+    catalog adds shards for its new clips and retires changed or removed clips from their shards.
+    This is idempotent and locked, so the sensor, `grove demo` and every asset run may call it. The
+    plan uses the annotator's own clip parameters (`clip_seconds` splits long videos into clips
     before sharding), so it names exactly the clips `run_stage` annotates.
     """
     from annotation.shards import plan_shards
@@ -39,8 +45,16 @@ def planned_shards(profile: Profile, paths: PipelinePaths) -> dict[str, Any]:
     catalog = paths.path("catalog")
     if not (catalog / "clips.parquet").exists():
         return {}
-    shards = plan_shards(catalog, int(profile.get("annotation.shard_size")), clip_seconds=annotator_config(profile).clip_seconds)
+    shards = plan_shards(catalog, paths.path("annotation"), int(profile.get("annotation.shard_size")),
+                         clip_seconds=annotator_config(profile).clip_seconds)
     return {shard.name: shard for shard in shards}
+
+
+def batch_size(profile: Profile) -> int:
+    """Clips a stage runs between two resume points (`annotation.batch_size`; the library default if unset)."""
+    from annotation.shards import DEFAULT_BATCH_SIZE
+
+    return int(profile.get("annotation.batch_size", DEFAULT_BATCH_SIZE))
 
 
 def shard_spec(profile: Profile, paths: PipelinePaths, name: str) -> Any:
