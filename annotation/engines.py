@@ -1,13 +1,21 @@
-"""LLM engines for stages 2 and 3, and the parsing of their dict-shaped answers.
+"""LLM engines for stages 2 and 3: the model they load, one way to ask, parse, repair and fall back.
 
 An engine is a `TextGenerator`: a list of prompts in (a whole shard's, in one call, so the engine can
 batch them), one text per prompt out; each prompt may carry a JSON schema that constrains the answer.
-- `vllm`: offline batched generation; the schema goes through vLLM's structured outputs,
-  `SamplingParams(structured_outputs=StructuredOutputsParams(json=schema))` (the `guided_*` fields
-  were removed in vLLM 0.12). vllm is imported only when this engine is built.
+Both engines send a prompt as the same one-message conversation (`chat_messages`), rendered by the
+model's own chat template (Llama-2 chat: `<s>[INST] {prompt} [/INST]`):
+- `vllm`: offline batched generation with prefix caching (every prompt of a stage starts with the same
+  instructions and in-context examples, so their KV blocks are computed once); the schema goes
+  through vLLM's structured outputs, `SamplingParams(structured_outputs=StructuredOutputsParams(json=schema))`
+  (the `guided_*` fields were removed in vLLM 0.12). vllm is imported only when this engine is built.
 - `transformers`: any causal LM, batched with left padding, greedy; the schema is stated in the
-  prompt only, so its answers may be invalid and go through repair and fallback.
-Answers are parsed by `parse_dict_answer`, which accepts JSON or a Python dict literal.
+  prompt only, so its answers may be invalid more often.
+Every stage asks through `answer_with_repair`: answers are parsed by `parse_dict_answer` (JSON or a
+Python dict literal) and checked by the stage's validator; an invalid answer gets one repair prompt,
+and what is still invalid is left to the stage's fallback; the counts go to the shard's stats.
+
+Which model: options `model` (params' `stage2_options` / `stage3_options`, or `--stage2-option
+model=...`), overridden by `$GROVE_ANNOTATION_LLM` for both stages (`resolve_llm_options`).
 """
 
 from __future__ import annotations
@@ -16,12 +24,20 @@ import ast
 import importlib
 import json
 import logging
+import os
 import re
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
 
 logger = logging.getLogger(__name__)
 
 Schema = dict[str, Any]
+T = TypeVar("T")
+
+LLM_ENGINES = ("transformers", "vllm")
+# a local folder or hub id; wins over the `model` option of both LLM stages
+LLM_ENV = "GROVE_ANNOTATION_LLM"
 
 
 @runtime_checkable
@@ -31,11 +47,35 @@ class TextGenerator(Protocol):
     def generate(self, prompts: Sequence[str], schemas: Sequence[Schema | None] | None = None) -> list[str]: ...
 
 
+def resolve_llm_options(engine: str, options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The options an LLM engine is built with: `$GROVE_ANNOTATION_LLM` over the `model` option.
+
+    Other engines' options come back unchanged. Whatever hashes a stage's configuration should hash
+    this result, so that a model named by the environment changes the annotator version too.
+    """
+    resolved = dict(options)
+    if engine not in LLM_ENGINES:
+        return resolved
+    override = (os.environ if environ is None else environ).get(LLM_ENV, "").strip()
+    if override:
+        if resolved.get("model") not in (None, override):
+            logger.info("$%s=%s replaces the configured model %s", LLM_ENV, override, resolved["model"])
+        resolved["model"] = override
+    return resolved
+
+
+def chat_messages(prompt: str) -> list[dict[str, str]]:
+    """The conversation a prompt is sent as, by every engine: one user turn, no system prompt (the
+    prompt carries its own instructions; Llama-2 chat's default system prompt is no longer applied)."""
+    return [{"role": "user", "content": prompt}]
+
+
 class InvalidAnswer(ValueError):
     """An LLM answer that cannot be used; the message is the reason, shown to the model on repair."""
 
 
 _BRACES = re.compile(r"\{.*?\}", re.DOTALL)
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
 def parse_dict_answer(text: str, key: str) -> Any:
@@ -66,12 +106,86 @@ def repair_prompt(prompt: str, answer: str, reason: str, key: str) -> str:
     )
 
 
+def reason_kind(reason: str) -> str:
+    """A rejection reason without its quoted values, so that the stats count kinds, not phrases."""
+    return _QUOTED.sub("'…'", reason).strip()
+
+
+class LlmCounts(Protocol):
+    """The per-shard counters every LLM stage keeps (Stage2Stats, Stage3Stats)."""
+
+    llm: int  # usable first answers
+    repaired: int  # usable answers to the repair prompt
+    fallbacks: int  # prompts whose two answers were both unusable
+    fallback_reasons: Counter  # reason_kind of the last answer -> prompts
+
+
+LLM, REPAIRED, FALLBACK = "llm", "llm-repaired", "fallback"
+
+
+@dataclass(frozen=True)
+class Answer(Generic[T]):
+    """What one prompt got: a validated value and where it came from, or the reason it needs the fallback."""
+
+    value: T | None
+    source: str  # LLM, REPAIRED or FALLBACK (value None)
+    reason: str = ""  # why the last unusable answer was rejected
+
+
+def answer_with_repair(
+    generator: TextGenerator,
+    prompts: Sequence[str],
+    schemas: Sequence[Schema | None],
+    key: str,
+    validate: Callable[[int, str], T],
+    counts: LlmCounts | None = None,
+) -> list[Answer[T]]:
+    """Ask every prompt in one call, repair the invalid answers in one more call, count what happened.
+
+    `validate(i, text)` turns prompt i's answer into its value or raises InvalidAnswer with the
+    reason, which the repair prompt shows the model. Answers with FALLBACK as source are left for the
+    caller's fallback (consensus, lexical); `counts` has them counted already.
+    """
+    answers = generator.generate(list(prompts), list(schemas))
+    outcomes: list[Answer[T]] = []
+    failed: dict[int, str] = {}
+    for i, text in enumerate(answers):
+        try:
+            outcomes.append(Answer(validate(i, text), LLM))
+        except InvalidAnswer as exc:
+            outcomes.append(Answer(None, FALLBACK, str(exc)))
+            failed[i] = str(exc)
+    retry = sorted(failed)
+    if retry:
+        second = generator.generate([repair_prompt(prompts[i], answers[i], failed[i], key) for i in retry],
+                                    [schemas[i] for i in retry])
+        for i, text in zip(retry, second):
+            try:
+                outcomes[i] = Answer(validate(i, text), REPAIRED)
+            except InvalidAnswer as exc:
+                outcomes[i] = Answer(None, FALLBACK, str(exc))
+    if counts is not None:
+        for outcome in outcomes:
+            if outcome.source == LLM:
+                counts.llm += 1
+            elif outcome.source == REPAIRED:
+                counts.repaired += 1
+            else:
+                counts.fallbacks += 1
+                counts.fallback_reasons[reason_kind(outcome.reason)] += 1
+    return outcomes
+
+
 # ----------------------------------------------------------------------------------------------
 # transformers
 
 
 class TransformersGenerator:
-    """Greedy batched generation with any causal LM from a local path or hub id, on CPU or GPU."""
+    """Greedy batched generation with any causal LM from a local path or hub id, on CPU or GPU.
+
+    On a GPU the weights keep their saved dtype (Llama-2: float16) and use flash-attention 2 where it
+    is installed; on the CPU they are float32 (half-precision matmuls are slow or missing there).
+    """
 
     def __init__(
         self,
@@ -79,6 +193,7 @@ class TransformersGenerator:
         batch_size: int = 8,
         max_new_tokens: int = 96,
         device: str | None = None,
+        dtype: str | None = None,
         chat_template: bool = True,
         progress: Callable[[int, int], None] | None = None,
     ) -> None:
@@ -86,6 +201,7 @@ class TransformersGenerator:
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.device = device
+        self.dtype = dtype
         self.chat_template = chat_template
         self.progress = progress
         self._model: Any = None
@@ -96,12 +212,15 @@ class TransformersGenerator:
             "engine": "transformers",
             "model": self.model_name,
             "max_new_tokens": self.max_new_tokens,
+            "dtype": self.dtype,
             "chat_template": self.chat_template,
         }
 
     def _load(self) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+        from grove.train import attention_implementation
 
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         if device == "cpu":
@@ -109,37 +228,50 @@ class TransformersGenerator:
         tokenizer = AutoTokenizer.from_pretrained(self.model_name)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(self.model_name).to(device).eval()
+            tokenizer.pad_token = tokenizer.eos_token  # Llama-2 has none; masked out, never generated
+        dtype = self.dtype or ("float32" if torch.device(device).type == "cpu" else "auto")
+        options: dict[str, Any] = {"dtype": dtype}
+        attention = attention_implementation(torch.device(device))
+        if attention is not None:
+            options["attn_implementation"] = attention
+        model = AutoModelForCausalLM.from_pretrained(self.model_name, **options).to(device).eval()
+        # greedy, whatever sampling defaults the checkpoint ships (Llama-2 chat: temperature 0.6, top_p 0.9);
+        # replaced rather than passed to generate(), which would merge the shipped ones back in
+        model.generation_config = GenerationConfig(
+            max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1, pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=model.generation_config.bos_token_id, eos_token_id=model.generation_config.eos_token_id,
+        )
         self._tokenizer, self._model, self.device = tokenizer, model, device
 
-    def _render(self, prompt: str) -> str:
-        if self.chat_template and getattr(self._tokenizer, "chat_template", None):
-            return self._tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-            )
+    def render(self, prompt: str) -> str:
+        """The text the model reads: the chat template applied to `chat_messages(prompt)`, where the
+        tokenizer has a template (it writes the BOS token itself) and `chat_template` is on."""
+        if self._uses_chat_template():
+            return self._tokenizer.apply_chat_template(chat_messages(prompt), tokenize=False, add_generation_prompt=True)
         return prompt
+
+    def _uses_chat_template(self) -> bool:
+        return self.chat_template and bool(getattr(self._tokenizer, "chat_template", None))
 
     def generate(self, prompts: Sequence[str], schemas: Sequence[Schema | None] | None = None) -> list[str]:
         import torch
 
+        if not prompts:
+            return []
         if self._model is None:
             self._load()
-        rendered = [self._render(p) for p in prompts]
+        rendered = [self.render(p) for p in prompts]
+        # a rendered chat starts with its BOS token already: the tokenizer must not add a second one
+        special = not self._uses_chat_template()
         # similar lengths together: less padding; answers go back to their prompt's position
         order = sorted(range(len(rendered)), key=lambda i: len(rendered[i]))
         answers = [""] * len(rendered)
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            inputs = self._tokenizer([rendered[i] for i in batch], return_tensors="pt", padding=True).to(self.device)
+            inputs = self._tokenizer([rendered[i] for i in batch], return_tensors="pt", padding=True,
+                                     add_special_tokens=special).to(self.device)
             with torch.inference_mode():
-                output = self._model.generate(
-                    **inputs,
-                    max_new_tokens=self.max_new_tokens,
-                    do_sample=False,
-                    num_beams=1,
-                    pad_token_id=self._tokenizer.pad_token_id,
-                )
+                output = self._model.generate(**inputs)
             new_tokens = output[:, inputs["input_ids"].shape[1] :]
             for i, text in zip(batch, self._tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
                 answers[i] = text
@@ -176,7 +308,9 @@ def vllm_output_texts(outputs: Sequence[Any]) -> list[str]:
 
 
 class VllmGenerator:
-    """vLLM offline engine: all prompts of a call in one `LLM.generate`, one SamplingParams per prompt."""
+    """vLLM offline engine: all prompts of a call in one `LLM.chat` (or `LLM.generate` with `chat=False`),
+    one SamplingParams per prompt; `llm_options` go to `vllm.LLM` (tensor_parallel_size, dtype,
+    gpu_memory_utilization, max_model_len, ...), with prefix caching on unless they say otherwise."""
 
     def __init__(
         self,
@@ -185,6 +319,7 @@ class VllmGenerator:
         temperature: float = 0.0,
         seed: int = 0,
         chat: bool = True,
+        enable_prefix_caching: bool = True,
         **llm_options: Any,
     ) -> None:
         self.model_name = model
@@ -192,7 +327,7 @@ class VllmGenerator:
         self.temperature = temperature
         self.seed = seed
         self.chat = chat
-        self.llm_options = llm_options
+        self.llm_options = {"enable_prefix_caching": enable_prefix_caching, **llm_options}
         self._vllm: Any = None
         self._llm: Any = None
 
@@ -211,7 +346,10 @@ class VllmGenerator:
         try:
             self._vllm = importlib.import_module("vllm")
         except ImportError as exc:
-            raise RuntimeError("the vllm engine needs vLLM on a GPU machine: pip install '.[gpu]'") from exc
+            raise RuntimeError(
+                "the vllm engine needs the vllm package, and a release that fits this project's torch pin "
+                "(README, 'Annotation LLMs'); the transformers engine runs the same prompts without it"
+            ) from exc
         self._llm = self._vllm.LLM(model=self.model_name, seed=self.seed, **self.llm_options)
 
     def requests(self, prompts: Sequence[str], schemas: Sequence[Schema | None] | None) -> list[dict[str, Any]]:
@@ -227,8 +365,8 @@ class VllmGenerator:
             self._load()
         params = [build_vllm_sampling_params(self._vllm, o) for o in self.requests(prompts, schemas)]
         if self.chat:
-            conversations = [[{"role": "user", "content": p}] for p in prompts]
-            outputs = self._llm.chat(conversations, params, use_tqdm=True)
+            # the model's chat template renders them, as apply_chat_template does for transformers
+            outputs = self._llm.chat([chat_messages(p) for p in prompts], params, use_tqdm=True)
         else:
             outputs = self._llm.generate(list(prompts), params, use_tqdm=True)
         return vllm_output_texts(outputs)
@@ -237,9 +375,14 @@ class VllmGenerator:
 GENERATORS: dict[str, type] = {"transformers": TransformersGenerator, "vllm": VllmGenerator}
 
 
-def make_generator(engine: str, options: dict[str, Any]) -> TextGenerator:
+def make_generator(engine: str, options: Mapping[str, Any]) -> TextGenerator:
+    """The engine, built with `resolve_llm_options` (the environment's model over the configured one)."""
     if engine not in GENERATORS:
         raise ValueError(f"unknown LLM engine {engine!r}: use one of {sorted(GENERATORS)}")
+    options = resolve_llm_options(engine, options)
     if "model" not in options:
-        raise ValueError(f"the {engine} engine needs a model (a local path or hub id): --stage2-option model=...")
+        raise ValueError(
+            f"the {engine} engine needs a model (a local folder or hub id): --stage2-option model=..., "
+            f"the profile's stage2_options/stage3_options `model`, or ${LLM_ENV}"
+        )
     return GENERATORS[engine](**options)

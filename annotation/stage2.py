@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Sequence
 
-from annotation.engines import InvalidAnswer, TextGenerator, parse_dict_answer, repair_prompt, string_schema
+from annotation.engines import InvalidAnswer, TextGenerator, answer_with_repair, parse_dict_answer, string_schema
 from annotation.records import ClipFailure, ClipFrames, VideoCaption
 from annotation.svo import SVO, NounPhrase, SpacyParser, normalise_phrase, third_person
 
@@ -275,33 +275,21 @@ class LlmAggregator:
         self, clips: Sequence[ClipFrames], svos: Sequence[Sequence[tuple[SVO, ...] | None]], stats: Stage2Stats
     ) -> list[VideoCaption | ClipFailure]:
         prompts = [stage2_prompt(s, self.template) for s in svos]
-        schema = string_schema(CAPTION_KEY)
-        answers = self.generator.generate(prompts, [schema] * len(prompts))
         heads = [_seen_heads(c, s, self.parser) for c, s in zip(clips, svos)]
-        results: list[VideoCaption | ClipFailure | None] = [None] * len(clips)
-        failed: dict[int, str] = {}
-        for i, answer in enumerate(answers):
-            try:
-                results[i] = self._caption(clips[i].key, validate_caption(answer, heads[i], self.parser), "llm")
-                stats.llm += 1
-            except InvalidAnswer as exc:
-                failed[i] = str(exc)
-        retry = sorted(failed)
-        repaired = self.generator.generate(
-            [repair_prompt(prompts[i], answers[i], failed[i], CAPTION_KEY) for i in retry], [schema] * len(retry)
-        ) if retry else []
-        for i, answer in zip(retry, repaired):
-            try:
-                results[i] = self._caption(clips[i].key, validate_caption(answer, heads[i], self.parser), "llm-repaired")
-                stats.repaired += 1
-            except InvalidAnswer as exc:
-                fallback = self.fallback.caption(clips[i], svos[i])
-                if isinstance(fallback, VideoCaption):
-                    fallback.source, fallback.note = "consensus-fallback", str(exc)
-                results[i] = fallback
-                stats.fallbacks += 1
-                stats.fallback_reasons[str(exc).split(":")[0].split("'")[0].strip()] += 1
-        return [r for r in results if r is not None]
+        answers = answer_with_repair(
+            self.generator, prompts, [string_schema(CAPTION_KEY)] * len(prompts), CAPTION_KEY,
+            lambda i, text: validate_caption(text, heads[i], self.parser), stats,
+        )
+        results: list[VideoCaption | ClipFailure] = []
+        for clip, clip_svos, answer in zip(clips, svos, answers):
+            if answer.value is not None:
+                results.append(self._caption(clip.key, answer.value, answer.source))
+                continue
+            fallback = self.fallback.caption(clip, clip_svos)
+            if isinstance(fallback, VideoCaption):
+                fallback.source, fallback.note = "consensus-fallback", answer.reason
+            results.append(fallback)
+        return results
 
     @staticmethod
     def _caption(key: str, tagged: str, source: str) -> VideoCaption:

@@ -25,7 +25,14 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from annotation.engines import InvalidAnswer, TextGenerator, make_generator, parse_dict_answer, repair_prompt, string_schema
+from annotation.engines import (
+    InvalidAnswer,
+    TextGenerator,
+    answer_with_repair,
+    make_generator,
+    parse_dict_answer,
+    string_schema,
+)
 from annotation.records import ClipFrames, VideoCaption
 from annotation.stage2 import load_prompt
 from annotation.svo import NounPhrase, SpacyParser, normalise_phrase
@@ -195,30 +202,13 @@ class LlmClassifier:
     def classify(self, requests: Sequence[ClassifyRequest], stats: Stage3Stats) -> list[int]:
         prompts = [stage3_prompt(r, self.template) for r in requests]
         schemas = [string_schema(CATEGORY_KEY, [*r.categories, NONE]) for r in requests]
-        answers = self.generator.generate(prompts, schemas)
-        results: list[int] = [-1] * len(requests)
-        failed: dict[int, str] = {}
-        for i, answer in enumerate(answers):
-            try:
-                results[i] = validate_category(answer, requests[i], self.parser)
-                stats.llm += 1
-            except InvalidAnswer as exc:
-                failed[i] = str(exc)
-        retry = sorted(failed)
-        repaired = self.generator.generate(
-            [repair_prompt(prompts[i], answers[i], failed[i], CATEGORY_KEY) for i in retry], [schemas[i] for i in retry]
-        ) if retry else []
-        fallback: list[int] = []
-        for i, answer in zip(retry, repaired):
-            try:
-                results[i] = validate_category(answer, requests[i], self.parser)
-                stats.repaired += 1
-            except InvalidAnswer as exc:
-                fallback.append(i)
-                stats.fallbacks += 1
-                stats.fallback_reasons[str(exc).split("'")[0].strip()] += 1
-        for i, index in zip(fallback, self.fallback.classify([requests[i] for i in fallback], stats)):
-            results[i] = index
+        answers = answer_with_repair(self.generator, prompts, schemas, CATEGORY_KEY,
+                                     lambda i, text: validate_category(text, requests[i], self.parser), stats)
+        results = [-1 if a.value is None else a.value for a in answers]
+        fallback = [i for i, a in enumerate(answers) if a.value is None]
+        if fallback:
+            for i, index in zip(fallback, self.fallback.classify([requests[i] for i in fallback], stats)):
+                results[i] = index
         return results
 
 

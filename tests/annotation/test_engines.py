@@ -4,17 +4,31 @@ import types
 import pytest
 
 from annotation.engines import (
+    FALLBACK,
+    LLM,
+    LLM_ENV,
+    REPAIRED,
     InvalidAnswer,
     TransformersGenerator,
     VllmGenerator,
+    answer_with_repair,
     build_vllm_sampling_params,
+    chat_messages,
     make_generator,
     parse_dict_answer,
+    reason_kind,
     repair_prompt,
+    resolve_llm_options,
     string_schema,
     vllm_output_texts,
     vllm_sampling_options,
 )
+from annotation.stage2 import Stage2Stats
+
+
+@pytest.fixture(autouse=True)
+def _no_model_from_the_environment(monkeypatch):
+    monkeypatch.delenv(LLM_ENV, raising=False)
 
 
 def test_dict_answers_parse_from_json_or_python_literals():
@@ -54,10 +68,12 @@ class _Recorder:
             def __init__(self, **kwargs):
                 recorder.llm_kwargs = kwargs
 
-            def chat(self, conversations, params, use_tqdm=True):
-                recorder.calls.append(("chat", conversations, params))
+            def chat(self, messages, sampling_params=None, use_tqdm=True, chat_template=None,
+                     add_generation_prompt=True, **kwargs):
+                recorder.calls.append(("chat", messages, sampling_params))
+                recorder.chat_options = {"chat_template": chat_template, "add_generation_prompt": add_generation_prompt}
                 return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text=f"answer {i}")])
-                        for i in range(len(conversations))]
+                        for i in range(len(messages))]
 
             def generate(self, prompts, params, use_tqdm=True):
                 recorder.calls.append(("generate", prompts, params))
@@ -99,8 +115,14 @@ def test_vllm_engine_sends_every_prompt_in_one_call_and_parses_outputs(fake_vllm
     texts = engine.generate(["p1", "p2", "p3"], [string_schema("CAPTION")] * 3)
     assert texts == ["answer 0", "answer 1", "answer 2"]
     (call,) = fake_vllm.calls
-    assert call[0] == "chat" and [c[0]["content"] for c in call[1]] == ["p1", "p2", "p3"]
-    assert len(call[2]) == 3 and fake_vllm.llm_kwargs == {"model": "some/model", "seed": 0, "tensor_parallel_size": 1}
+    # one conversation per prompt, the same one the transformers engine renders; the model's own template
+    assert call[0] == "chat" and call[1] == [chat_messages(p) for p in ["p1", "p2", "p3"]]
+    assert call[1][0] == [{"role": "user", "content": "p1"}]
+    assert fake_vllm.chat_options == {"chat_template": None, "add_generation_prompt": True}
+    assert len(call[2]) == 3 and call[2][0].kwargs["structured_outputs"].kwargs == {"json": string_schema("CAPTION")}
+    assert call[2][0].kwargs["temperature"] == 0.0 and call[2][0].kwargs["max_tokens"] == 16
+    assert fake_vllm.llm_kwargs == {"model": "some/model", "seed": 0, "enable_prefix_caching": True,
+                                    "tensor_parallel_size": 1}
     plain = VllmGenerator("m", chat=False)
     assert plain.generate(["p"]) == [""]  # a request with no completion reads as empty text
     with pytest.raises(ValueError, match="2 prompts but 1 schemas"):
@@ -133,5 +155,73 @@ def test_transformers_engine_generates_in_prompt_order(tiny_causal_lm):
 def test_make_generator_checks_its_arguments():
     with pytest.raises(ValueError, match="unknown LLM engine"):
         make_generator("openai", {"model": "x"})
-    with pytest.raises(ValueError, match="needs a model"):
+    with pytest.raises(ValueError, match=f"needs a model.*{LLM_ENV}"):
         make_generator("transformers", {})
+
+
+def test_vllm_prefix_caching_is_on_unless_the_options_turn_it_off(fake_vllm):
+    VllmGenerator("m").generate(["p"])
+    assert fake_vllm.llm_kwargs["enable_prefix_caching"] is True
+    engine = make_generator("vllm", {"model": "m", "enable_prefix_caching": False, "max_model_len": 4096})
+    engine.generate(["p"])
+    assert fake_vllm.llm_kwargs == {"model": "m", "seed": 0, "enable_prefix_caching": False, "max_model_len": 4096}
+    assert engine.describe()["llm_options"]["enable_prefix_caching"] is False
+
+
+def test_the_environment_names_the_model_over_params(monkeypatch):
+    assert resolve_llm_options("vllm", {"model": "params/model", "max_tokens": 8}, {}) == {
+        "model": "params/model", "max_tokens": 8}
+    assert resolve_llm_options("vllm", {"model": "params/model"}, {LLM_ENV: "/models/llama"}) == {"model": "/models/llama"}
+    assert resolve_llm_options("transformers", {}, {LLM_ENV: "/models/llama"}) == {"model": "/models/llama"}
+    assert resolve_llm_options("transformers", {"model": "p"}, {LLM_ENV: " "}) == {"model": "p"}  # blank: unset
+    assert resolve_llm_options("consensus", {"min_support": 0.2}, {LLM_ENV: "/m"}) == {"min_support": 0.2}
+    options = {"model": "params/model"}
+    monkeypatch.setenv(LLM_ENV, "/models/from-env")
+    assert make_generator("transformers", options).describe()["model"] == "/models/from-env"  # nothing loaded yet
+    assert make_generator("vllm", {}).describe()["model"] == "/models/from-env"
+    assert options == {"model": "params/model"}  # the caller's options are not changed
+
+
+class _Scripted:
+    """Answers from a script, one list per call; records prompts and schemas."""
+
+    def __init__(self, *calls):
+        self.calls, self.prompts, self.schemas = list(calls), [], []
+
+    def describe(self):
+        return {"engine": "scripted"}
+
+    def generate(self, prompts, schemas=None):
+        self.prompts.append(list(prompts))
+        self.schemas.append(list(schemas))
+        return self.calls.pop(0)
+
+
+def _as_int(i, text):
+    value = parse_dict_answer(text, "N")
+    if not isinstance(value, int):
+        raise InvalidAnswer(f"N is {value!r}, not a number")
+    return value
+
+
+def test_answer_with_repair_asks_once_repairs_once_and_counts():
+    generator = _Scripted(["{'N': 1}", "{'N': 'two'}", "nothing", "{'N': 4}"], ["{'N': 2}", "still nothing"])
+    stats = Stage2Stats()
+    schemas = [string_schema("N")] * 4
+    answers = answer_with_repair(generator, ["a", "b", "c", "d"], schemas, "N", _as_int, stats)
+    assert [(a.value, a.source) for a in answers] == [(1, LLM), (2, REPAIRED), (None, FALLBACK), (4, LLM)]
+    assert answers[2].reason == "the answer is not a dictionary with the key 'N'"
+    assert (stats.llm, stats.repaired, stats.fallbacks) == (2, 1, 1)
+    assert stats.fallback_reasons == {"the answer is not a dictionary with the key '…'": 1}
+    # the repair round: only the invalid ones, each with its own answer and reason, the same schemas
+    assert generator.prompts[1][0].startswith("b {'N': 'two'}") and "N is 'two', not a number" in generator.prompts[1][0]
+    assert generator.prompts[1][1].startswith("c nothing") and generator.schemas[1] == schemas[:2]
+    # all valid: no repair call, and no counts without a counter
+    generator = _Scripted(["{'N': 5}"])
+    assert answer_with_repair(generator, ["e"], [None], "N", _as_int) == [type(answers[0])(5, LLM)]
+    assert len(generator.prompts) == 1
+
+
+def test_reason_kinds_drop_quoted_values():
+    assert reason_kind("'a mug' is not one of the categories or 'None'") == "'…' is not one of the categories or '…'"
+    assert reason_kind('the tagged phrase "a man\'s hat" names nothing') == "the tagged phrase '…' names nothing"

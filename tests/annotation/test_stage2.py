@@ -1,6 +1,6 @@
 import pytest
 
-from annotation.engines import InvalidAnswer
+from annotation.engines import LLM_ENV, InvalidAnswer
 from annotation.records import ClipFailure, ClipFrames, FrameAnnotation, VideoCaption
 from annotation.stage2 import (
     Stage2,
@@ -133,7 +133,8 @@ def test_llm_answers_are_used_repaired_once_or_replaced_by_consensus():
     assert "cannot be used" in generator.prompts[1][0]
 
 
-def test_transformers_engine_end_to_end_falls_back_on_garbage(tiny_causal_lm):
+def test_transformers_engine_end_to_end_falls_back_on_garbage(tiny_causal_lm, monkeypatch):
+    monkeypatch.delenv(LLM_ENV, raising=False)  # it would name the model instead
     stage2 = Stage2("transformers", model=str(tiny_causal_lm), max_new_tokens=12, batch_size=4)
     results, stats = stage2.run([CUP_CLIP, HAND_CLIP])
     assert all(isinstance(r, VideoCaption) for r in results)
