@@ -225,3 +225,18 @@ def test_answer_with_repair_asks_once_repairs_once_and_counts():
 def test_reason_kinds_drop_quoted_values():
     assert reason_kind("'a mug' is not one of the categories or 'None'") == "'…' is not one of the categories or '…'"
     assert reason_kind('the tagged phrase "a man\'s hat" names nothing') == "the tagged phrase '…' names nothing"
+
+
+def test_the_paper_profile_names_llama2_chat_for_both_llm_stages(monkeypatch):
+    from pathlib import Path
+
+    import yaml
+
+    annotation = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())["paper"]["annotation"]
+    for stage in ("stage2", "stage3"):
+        engine, options = annotation[stage], annotation[f"{stage}_options"]
+        assert engine in ("transformers", "vllm") and options["model"] == "meta-llama/Llama-2-13b-chat-hf"
+        assert make_generator(engine, options).describe()["model"] == options["model"]  # valid options, nothing loaded
+        monkeypatch.setenv(LLM_ENV, "/models/llama-2-70b-chat")
+        assert make_generator(engine, options).describe()["model"] == "/models/llama-2-70b-chat"
+        monkeypatch.delenv(LLM_ENV)
