@@ -176,15 +176,20 @@ class Catalog:
     clip_seconds: float | None = None  # long videos were split into clips of this length
 
     def stamp(self) -> list[Any]:
-        """What the catalog was read from (its files' sizes and mtimes, and how long videos were split):
-        unchanged stamp, unchanged clips."""
-        files = [self.root / name for name in ("clips.parquet", "catalog.json", CATALOG_TABLE)]
-        return [str(self.root.resolve()), self.clip_seconds] + [
-            [f.name, f.stat().st_size, f.stat().st_mtime_ns] if f.exists() else [f.name, None, None] for f in files
-        ]
+        return catalog_stamp(self.root, self.clip_seconds)
 
 
 CATALOG_TABLE = "catalog.parquet"  # grove.data.catalog's per-video table (content hashes)
+
+
+def catalog_stamp(catalog_dir: str | Path, clip_seconds: float | None = None) -> list[Any]:
+    """What a catalog is read from (its files' sizes and mtimes, and how long videos are split):
+    an unchanged stamp means unchanged clips, and costs no read of a million-row table."""
+    root = Path(catalog_dir)
+    files = [root / name for name in ("clips.parquet", "catalog.json", CATALOG_TABLE)]
+    return [str(root.resolve()), clip_seconds] + [
+        [f.name, f.stat().st_size, f.stat().st_mtime_ns] if f.exists() else [f.name, None, None] for f in files
+    ]
 
 
 def _split_long_clips(clips: pa.Table, clip_seconds: float) -> pa.Table:
@@ -424,21 +429,25 @@ def _plan_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def update_plan(catalog: Catalog, out_dir: str | Path, shard_size: int) -> ShardPlan:
+def update_plan(catalog: Catalog | str | Path, out_dir: str | Path, shard_size: int,
+                clip_seconds: float | None = None) -> ShardPlan:
     """Bring the plan up to date with the catalog: a new generation if the catalog added, changed or
     removed clips (new clips in new shards, key order), else the plan as it is. Never touches a shard
-    that is already planned beyond retiring clips of it."""
+    that is already planned beyond retiring clips of it. `catalog`: a loaded Catalog, or its folder
+    (read with `clip_seconds` only if it changed since the plan last saw it)."""
     if shard_size < 1:
         raise ValueError(f"shard size must be >= 1, got {shard_size}")
     folder = plan_dir(out_dir)
     with _plan_lock(folder):
         plan = load_plan(out_dir)
-        seen = {"catalog": catalog.stamp(), "generations": len(plan.generations)}
+        stamp = catalog.stamp() if isinstance(catalog, Catalog) else catalog_stamp(catalog, clip_seconds)
         try:
-            if json.loads((folder / _SEEN).read_text()) == seen:
+            if json.loads((folder / _SEEN).read_text()) == {"catalog": stamp, "generations": len(plan.generations)}:
                 return plan  # the catalog files have not changed since this plan was checked against them
         except (OSError, json.JSONDecodeError):
             pass
+        if not isinstance(catalog, Catalog):
+            catalog = load_catalog(catalog, clip_seconds)
         keys = catalog.clips["key"].to_pylist()
         prints = clip_fingerprints(catalog.clips, catalog.content_hashes)
         current = dict(zip(keys, prints))
@@ -457,7 +466,7 @@ def update_plan(catalog: Catalog, out_dir: str | Path, shard_size: int) -> Shard
                 "shard plan: generation %d adds %d clips in %d new shards (%s), retires %d (%d changed, %d removed)",
                 number, new.added, len(new.shards), _span(new.shards), len(retire), len(changed), len(retire) - len(changed),
             )
-        atomic_write_json(folder / _SEEN, {"catalog": catalog.stamp(), "generations": len(plan.generations)})
+        atomic_write_json(folder / _SEEN, {"catalog": stamp, "generations": len(plan.generations)})
         return plan
 
 
@@ -489,7 +498,7 @@ def _generation_table(clips: pa.Table, adding: list[int], prints: list[str], cha
 def plan_shards(catalog_dir: str | Path, out_dir: str | Path, shard_size: int = 1000,
                 clip_seconds: float | None = None) -> list[ShardSpec]:
     """The output folder's shards after bringing its plan up to date with the catalog (see the module doc)."""
-    return list(update_plan(load_catalog(catalog_dir, clip_seconds), out_dir, shard_size).shards)
+    return list(update_plan(catalog_dir, out_dir, shard_size, clip_seconds).shards)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -697,9 +706,12 @@ class Annotator:
         batches = [shard.keys[i : i + size] for i in range(0, len(shard.keys), size)] or [()]
         records = [{"version": version, "keys_hash": _digest(list(keys)), "inputs": inputs.digests} for keys in batches]
         done = [_batch_done(batch_dir(self.out_dir, stage, shard, i), record) for i, record in enumerate(records)]
-        if any(done):
+        if all(done):
+            logger.info("stage %d %s: all %d batches already done, writing the shard's tables", stage, shard.name,
+                        len(batches))
+        elif any(done):
             logger.info("stage %d %s: %d/%d batches already done, resuming at batch %d", stage, shard.name, sum(done),
-                        len(batches), done.index(False) + 1 if not all(done) else len(batches) + 1)
+                        len(batches), done.index(False) + 1)
         clips = self.shard_clips(shard) if stage in (1, 3) and not all(done) else None
         todo, ran = len(done) - sum(done), 0
         for i, (keys, record) in enumerate(zip(batches, records)):
