@@ -31,7 +31,8 @@ recorded explicitly as a generation's `retire` rows:
   the new content is annotated in the new shard;
 - a clip that left the catalog is retired from its shard.
 The merge leaves every retired clip's rows out of the pool. A shard whose clips are all retired is
-neither run nor merged.
+neither run nor merged. Deleting the plan folder forgets the history: the next plan is cut from the
+current catalog alone, and finished shards whose key lists then differ are annotated again.
 
 Shards count: clips / shard_size, plus at most one partial shard for each catalog change that added
 clips. 1M clips at 1,000 a shard is about 1,000 partitions plus one a catalog update, far below the
@@ -350,9 +351,10 @@ class ShardPlan:
     generations: tuple[Generation, ...]
     live: Mapping[str, tuple[str, str]]  # key -> (shard, fingerprint) for every clip not retired
     generation_of: Mapping[str, int]  # shard name -> the generation that holds its clip rows
+    by_name: Mapping[str, ShardSpec] = field(default_factory=dict)
 
     def shard(self, name: str) -> ShardSpec | None:
-        return next((s for s in self.shards if s.name == name), None) if name in self.generation_of else None
+        return self.by_name.get(name)
 
     def clips(self, shard: ShardSpec) -> pa.Table:
         """The clip rows the plan recorded for the shard, in its key order."""
@@ -361,6 +363,8 @@ class ShardPlan:
             raise KeyError(f"{self.folder}: the plan has no {shard.name} with these {len(shard.keys)} clips")
         path = self.folder / Generation(self.generation_of[shard.name], (), 0, 0).file
         rows = pq.read_table(path, filters=[("shard", "=", shard.name), ("event", "=", ADD)])
+        if tuple(rows["key"].to_pylist()) != shard.keys:
+            raise ValueError(f"{path}: the rows of {shard.name} do not match its key list; the plan is damaged")
         return rows.select(CLIP_SCHEMA.names).cast(CLIP_SCHEMA)
 
 
@@ -414,7 +418,7 @@ def _replay(folder: Path, files: list[Path]) -> ShardPlan:
         ShardSpec(int(name.split("-")[1]), tuple(members), tuple(sorted(retired.get(name, ()))))
         for name, members in sorted(keys.items(), key=lambda item: int(item[0].split("-")[1]))
     )
-    return ShardPlan(folder, shards, tuple(generations), live, generation_of)
+    return ShardPlan(folder, shards, tuple(generations), live, generation_of, {s.name: s for s in shards})
 
 
 @contextlib.contextmanager
