@@ -137,6 +137,7 @@ def _digest(obj: Any) -> str:
 
 def stage_version(config: AnnotatorConfig, stage: int) -> str:
     """Hash of what decides a stage's output, chained: changing stage 2 changes stages 2 and 3."""
+    from annotation.engines import resolve_llm_options
     from annotation.stage2 import load_prompt
 
     if stage == 1:
@@ -148,11 +149,13 @@ def stage_version(config: AnnotatorConfig, stage: int) -> str:
     if stage == 2:
         prompt = load_prompt("stage2.txt") if config.stage2 != "consensus" else ""
         return _digest({"previous": stage_version(config, 1), "stage2": config.stage2,
-                        "options": config.stage2_options, "spacy_model": config.spacy_model, "prompt": prompt})
+                        "options": resolve_llm_options(config.stage2, config.stage2_options),
+                        "spacy_model": config.spacy_model, "prompt": prompt})
     if stage == 3:
         prompt = load_prompt("stage3.txt") if config.stage3 in ("vllm", "transformers") else ""
         return _digest({"previous": stage_version(config, 2), "stage3": config.stage3,
-                        "options": config.stage3_options, "prompt": prompt, "fill_gaps": config.fill_gaps,
+                        "options": resolve_llm_options(config.stage3, config.stage3_options), "prompt": prompt,
+                        "fill_gaps": config.fill_gaps,
                         "smooth_radius": config.smooth_radius, "tracking": config.tracking})
     raise ValueError(f"no stage {stage}: stages are {STAGES}")
 

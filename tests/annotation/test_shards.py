@@ -171,3 +171,18 @@ def test_annotating_a_catalog_from_grove_data_ingest(synthetic, tmp_path):
     run = annotate(tmp_path / "catalog", tmp_path / "auto", CONFIG, shard_size=20)
     assert run.shards == 1
     assert load_dataset(tmp_path / "auto").clips.num_rows == 11
+
+
+def test_a_model_named_by_the_environment_changes_the_llm_stages_versions(monkeypatch):
+    from annotation.engines import LLM_ENV
+    from annotation.shards import AnnotatorConfig, stage_version
+
+    config = AnnotatorConfig(stage2="transformers", stage3="transformers",
+                             stage2_options={"model": "a"}, stage3_options={"model": "a"})
+    monkeypatch.delenv(LLM_ENV, raising=False)
+    before = [stage_version(config, stage) for stage in (1, 2, 3)]
+    monkeypatch.setenv(LLM_ENV, "/models/llama-2-13b-chat")
+    after = [stage_version(config, stage) for stage in (1, 2, 3)]
+    assert before[0] == after[0] and before[1] != after[1] and before[2] != after[2]
+    lexical = AnnotatorConfig()  # no LLM: the variable changes nothing
+    assert stage_version(lexical, 3) == stage_version(lexical.__class__(), 3)
