@@ -23,6 +23,7 @@ def import_command(
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Tokenizer folder (default: beside the checkpoint, or --like)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default: the checkpoint's own)."),
     decoder_heads: int = typer.Option(8, "--decoder-heads", help="Attention heads of SAM's two-way transformer (8 in SAM and GROVE; not in the weights)."),
+    grounding_size: Optional[int] = typer.Option(None, "--grounding-size", help="SAM input size (px) of the imported model; its position embeddings are resized to it (default: GROVE's 512 for --from glamm, the checkpoint's own otherwise). 1024 keeps GLaMM's own, as GLaMM's grounded conversation generation (stage-1 annotation) needs."),
     shard_gb: float = typer.Option(2.0, "--shard-gb", help="Largest output shard, GB (memory use follows it)."),
     no_hash: bool = typer.Option(False, "--no-hash", help="Do not record the SHA-256 of the source files."),
 ) -> None:
@@ -35,7 +36,8 @@ def import_command(
     try:
         report = import_checkpoint(
             kind, src, out, clip=str(clip) if clip else None, like=str(like) if like else None,
-            tokenizer=str(tokenizer) if tokenizer else None, dtype=dtype, decoder_heads=decoder_heads, max_shard_bytes=int(shard_gb * 1024**3),
+            tokenizer=str(tokenizer) if tokenizer else None, dtype=dtype, decoder_heads=decoder_heads, grounding_size=grounding_size,
+            max_shard_bytes=int(shard_gb * 1024**3),
             hash_sources=not no_hash,
         )
     except (WeightsImportError, CheckpointReadError, FileNotFoundError, FileExistsError, KeyError, ValueError) as exc:

@@ -12,6 +12,8 @@ Sources (`kind`):
   to 512 px, the vocabulary gains `<vid_start>`, `<vid_end>`, `[DET]` (their rows start at the mean row),
   CLIP comes from `--clip` (the official code reloads it from `--vision_tower`) or from GLaMM's own tower,
   and the spatio-temporal adapters, the box head and the objectness head start fresh.
+  `grounding_size` overrides the SAM input size (1024 keeps GLaMM's own position embeddings, untouched:
+  what GLaMM's grounded conversation generation runs at, grove/model/glamm.py; stage-1 annotation).
 
 Every source tensor is mapped (official.py) or dropped with its reason; every target tensor is loaded or
 reported fresh (with how it was initialised); shapes are checked before anything is written. The source
@@ -133,9 +135,15 @@ def _merged_shapes(layers: list[_Layer]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _grounding_size(kind: str, layers: list[_Layer]) -> int:
+def _grounding_size(kind: str, layers: list[_Layer], requested: int | None = None) -> int:
     """GROVE's SAM input: a GROVE checkpoint's own (its position embeddings are at that size); GLaMM's
-    1024-px embeddings are resized to 512 px, as the official train.py / infer scripts do."""
+    1024-px embeddings are resized to 512 px, as the official train.py / infer scripts do. A `requested`
+    size wins (the position embeddings are resized to it; at their own size they are copied)."""
+    if requested is not None:
+        patch = _merged_shapes(layers).get(official.SAM + "patch_embed.proj.weight")
+        if patch is not None and requested % patch[2]:
+            raise WeightsImportError(f"grounding size {requested} px is not a multiple of SAM's {patch[2]} px patch")
+        return requested
     for layer in layers:
         shapes = layer.shapes()
         if official.SAM + "pos_embed" in shapes:
@@ -145,7 +153,16 @@ def _grounding_size(kind: str, layers: list[_Layer]) -> int:
     raise WeightsImportError("no checkpoint holds SAM's image encoder (model.grounding_encoder.image_encoder.*)")
 
 
-def _target_config(kind: str, layers: list[_Layer], llm_config: dict, dtype: str, decoder_heads: int) -> GroveConfig:
+def native_grounding_size(src: str | os.PathLike[str]) -> int:
+    """The SAM input size (px) that a checkpoint's own position embeddings are for: 1024 for GLaMM."""
+    shapes = _Layer("checkpoint", open_checkpoint(src)).shapes()
+    if official.SAM + "pos_embed" not in shapes:
+        raise WeightsImportError(f"{src}: no SAM image encoder (model.grounding_encoder.image_encoder.pos_embed)")
+    return shapes[official.SAM + "pos_embed"][1] * shapes[official.SAM + "patch_embed.proj.weight"][2]
+
+
+def _target_config(kind: str, layers: list[_Layer], llm_config: dict, dtype: str, decoder_heads: int,
+                   grounding_size: int | None = None) -> GroveConfig:
     shapes = _merged_shapes(layers)
     clip_dims = official.clip_dims(shapes)
     clip_layer = next((layer for layer in layers if layer.label == "clip"), None)
@@ -156,7 +173,7 @@ def _target_config(kind: str, layers: list[_Layer], llm_config: dict, dtype: str
         heads = _local_clip_heads(llm_config.get("mm_vision_tower"))
     if heads:  # the head count is not in the weights; a CLIP config beside them says it
         clip_dims["num_attention_heads"] = int(heads)
-    grounding_size = _grounding_size(kind, layers)
+    grounding_size = _grounding_size(kind, layers, grounding_size)
     return GroveConfig.paper(
         llm=official.llm_dims(llm_config, shapes),
         clip=clip_dims,
@@ -303,6 +320,7 @@ def import_checkpoint(
     tokenizer: str | None = None,
     dtype: str | None = None,
     decoder_heads: int = 8,
+    grounding_size: int | None = None,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     hash_sources: bool = True,
     progress: ProgressFn | None = None,
@@ -323,7 +341,7 @@ def import_checkpoint(
         raise WeightsImportError(f"{src}: no config.json beside it; pass --like with the folder of the model it came from")
     source_dtype = _dominant_dtype(source)
     out_dtype = dtype or {torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(source_dtype, "float32")
-    config = _target_config(kind, layers, llm_config, out_dtype, decoder_heads)
+    config = _target_config(kind, layers, llm_config, out_dtype, decoder_heads, grounding_size)
     tok = _tokenizer(source, tokenizer, like_source)
     config = config.replace(llm={**config.llm, "vocab_size": len(tok)})
     report = ImportReport(kind=kind, source=str(Path(src).resolve()), out=str(out.resolve()), dtype=out_dtype)
