@@ -10,10 +10,11 @@ Every backend implements one small interface, `FrameCaptioner`:
 
 `caption_clips` gets a batch of clips (a shard's worth) and returns one result per clip, in order: the
 clip's frames, or a `ClipFailure` with a reason (unreadable video, model error); it never raises for
-one bad clip. Built-in backends are `simulated` (below) and `florence2` (annotation/florence2.py, the
-example to follow for a real model). Any other backend is named by import path, `package.module:Class`,
-e.g. `--stage1 my_glamm.captioner:GlammCaptioner --stage1-option model=/weights/GLaMM-GCG`; GLaMM lives
-in its own code base, so this is its plug-in point.
+one bad clip. Built-in backends are `simulated` (below), `florence2` (annotation/florence2.py, the
+example to follow for a real model) and `glamm` (annotation/glamm.py: the paper's GLaMM, its grounded
+conversation generation run by this project's modules on an imported GLaMM checkpoint,
+`--stage1 glamm --stage1-option model=/weights/GLaMM-GranD-Pretrained`). Any other backend is named by
+import path, `package.module:Class`, e.g. `--stage1 my_captioner.module:MyCaptioner`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 BUILTIN_CAPTIONERS = {
     "simulated": "annotation.stage1:SimulatedCaptioner",
     "florence2": "annotation.florence2:Florence2Captioner",
+    "glamm": "annotation.glamm:GlammCaptioner",
 }
 
 

@@ -105,16 +105,17 @@ def box_targets(boxes: Sequence[Box], resized: tuple[int, int], original: tuple[
 
 
 def train_gcg(gcg: GlammGcg, frames: Sequence[np.ndarray], answers: Sequence[str], boxes: Sequence[Sequence[Box]],
-              steps: int = 60, mask_steps: int = 150, batch: int = 8, lr: float = 5e-3, mask_lr: float = 1e-2,
+              steps: int = 60, mask_steps: int = 150, batch: int = 4, lr: float = 5e-3, mask_lr: float = 1e-2,
               seed: int = 0) -> tuple[list[float], list[float]]:
     """Fine-tune on GCG answers in two phases; returns both loss curves.
 
     1. The LLM and the VL projector learn to write the answers: teacher-forced cross-entropy on the answer
        tokens and `</s>` (`steps` steps of `batch` frames).
-    2. text_hidden_fcs and SAM's mask decoder learn the masks: GLaMM's mask loss (BCE x 2 + dice x 0.5) of
-       each [SEG]'s low-resolution mask against its object's filled box (the j-th [SEG] of an answer grounds
-       boxes[j]), on the [SEG] states of the teacher-forced answers and the frames' SAM embeddings, both
-       computed once (SAM's image encoder and the LLM stay as they are)."""
+    2. text_hidden_fcs and SAM's mask decoder learn the masks (`mask_steps` steps of `batch` frames): dice
+       (weight 2) and BCE (0.5) of each [SEG]'s low-resolution mask against its object's filled box (the j-th
+       [SEG] of an answer grounds boxes[j]), on the [SEG] states of the teacher-forced answers and the frames'
+       SAM embeddings, both computed once (SAM's image encoder and the LLM stay as they are). GLaMM weighs
+       BCE 2, dice 0.5; dice first keeps small objects from collapsing into empty masks in so few steps."""
     model = gcg.model
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -123,13 +124,16 @@ def train_gcg(gcg: GlammGcg, frames: Sequence[np.ndarray], answers: Sequence[str
     image_tokens = model.global_encoder.grid ** 2  # `<image>` (one id) becomes this many positions
     start = len(gcg.prompt_ids) - 1 + image_tokens  # the first answer token's position
 
+    def draw() -> list[int]:
+        return rng.choice(len(frames), size=min(batch, len(frames)), replace=False).tolist()
+
     language = [p for module in (model.llm, model.vl_projector) for p in module.parameters()]
     for p in language:
         p.requires_grad_(True)
     optimiser = torch.optim.Adam(language, lr=lr, foreach=True)
     text_losses = []
     for _ in range(steps):
-        rows = rng.choice(len(frames), size=min(batch, len(frames)), replace=False).tolist()
+        rows = draw()
         hidden, expanded = gcg.llm_hidden(inputs.clip_pixels[rows], [sequences[r] for r in rows])
         lengths = torch.tensor([len(sequences[r]) - 1 + image_tokens for r in rows])
         positions = torch.arange(expanded.shape[1] - 1)
@@ -145,22 +149,24 @@ def train_gcg(gcg: GlammGcg, frames: Sequence[np.ndarray], answers: Sequence[str
         features = gcg.encode_grounding(inputs.sam_pixels)
         hidden, expanded = gcg.llm_hidden(inputs.clip_pixels, sequences)
         positions, valid = det_query_positions(expanded, gcg.special.seg)
-        states = gather_positions(hidden, positions)[valid]  # (all [SEG]s, D), frame-major
-        owner = torch.arange(len(frames))[:, None].expand_as(valid)[valid]
+        states = gather_positions(hidden, positions)  # (frames, Q, D); valid (frames, Q)
     side = 4 * features.shape[-1]
-    target = torch.cat([box_targets(b, inputs.resized_sizes[i], inputs.original_sizes[i], gcg.image_size, side)[: int(valid[i].sum())]
-                        for i, b in enumerate(boxes)])
+    targets = [box_targets(b, inputs.resized_sizes[i], inputs.original_sizes[i], gcg.image_size, side)[: int(valid[i].sum())]
+               for i, b in enumerate(boxes)]
     grounding = [p for module in (model.lq_projector, model.box_decoder.mask_decoder) for p in module.parameters()]
     for p in grounding:
         p.requires_grad_(True)
     optimiser = torch.optim.Adam(grounding, lr=mask_lr, foreach=True)
     mask_losses = []
     for _ in range(mask_steps):
-        masks = gcg.decode_masks(features, model.lq_projector(states), owner)
+        rows = draw()
+        owner = torch.arange(len(rows))[:, None].expand(-1, valid.shape[1])[valid[rows]]
+        masks = gcg.decode_masks(features[rows], model.lq_projector(states[rows][valid[rows]]), owner)
+        target = torch.cat([targets[r] for r in rows])
         bce = torch.nn.functional.binary_cross_entropy_with_logits(masks, target)
         probabilities, flat = masks.sigmoid().flatten(1), target.flatten(1)
         dice = 1 - (2 * (probabilities * flat).sum(-1) + 1) / (probabilities.sum(-1) + flat.sum(-1) + 1)
-        loss = 2.0 * bce + 0.5 * dice.mean()
+        loss = 2.0 * dice.mean() + 0.5 * bce
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
