@@ -27,6 +27,8 @@ What runs, as GLaMM's eval/gcg/infer.py and model/GLaMM.py `evaluate` do it:
    ASSISTANT:`. `<image>` is one id (-200, tokenised in two chunks around it as tokenizer_image_token
    does) that becomes the 576 projected CLIP tokens: the penultimate layer's patch tokens (CLS dropped),
    one image, so no temporal pooling (GROVE's video encoder pools 8 frames to 576 tokens instead).
+   Text is tokenised as GLaMM's pinned transformers (4.28) does it, the whitespace around added tokens
+   dropped (`GlammGcg.encode_text`); transformers 4.3x+ keeps it as a "▁" piece (85 vs 87 prompt ids).
 3. Greedy decoding until `</s>` or `max_new_tokens` (GLaMM's GCG evaluation allows 512).
 4. Each `[SEG]`: the final-norm hidden state of the token before it (the state whose next-token
    prediction is `[SEG]`) -> text_hidden_fcs -> the one sparse prompt of SAM's mask decoder (dense
@@ -45,11 +47,13 @@ Defined here (the official code stops at masks):
   (the i-th regex phrase with the i-th mask); a `[SEG]` with no free phrase before it has a mask and
   no phrase, a phrase with no `[SEG]` after it (an answer cut off by max_new_tokens) no box.
 
-Where this differs from the official run (none changes what is computed beyond float rounding):
+Where this differs from the official run (none changes ids, masks or boxes beyond float rounding):
 frames go through in batches (one prompt for all, so no padding); the LLM keeps a KV cache (GLaMM's
 config sets use_cache=False, so its generate recomputes the whole sequence at every step); the [SEG]
 queries are the last position's states as they are produced (GLaMM re-reads them from the last step's
-full hidden states); SAM runs only on frames whose answer has a `[SEG]`.
+full hidden states); SAM runs only on frames whose answer has a `[SEG]`; the caption is cleaned from the
+answer alone (GLaMM decodes the whole sequence and keeps what follows "ASSISTANT: ", so an answer whose
+first token has no leading space would leave the whole prompt in its caption: a quirk not reproduced).
 scripts/official_parity/compare_glamm_gcg.py measures the deviations against the official code.
 """
 
@@ -284,17 +288,37 @@ class GlammGcg:
     def dtype(self) -> torch.dtype:
         return self.model.lq_projector[0].weight.dtype
 
+    def encode_text(self, text: str) -> list[int]:
+        """GLaMM's tokenisation (its pinned transformers, 4.28): the text is split at the added tokens
+        (`<im_start>`, `[SEG]`, `<p>`, ...), the whitespace on either side of each is dropped, and every
+        piece is SentencePiece-encoded on its own. (Since transformers 4.3x a LLaMA tokenizer keeps that
+        whitespace as a separate "▁" piece: GROVE's official code, on 4.46, tokenises so.)"""
+        tokenizer = self.model.processor.tokenizer
+        added = {token: index for token, index in tokenizer.get_added_vocab().items() if token in text}
+        if not added:
+            return list(tokenizer.encode(text, add_special_tokens=False))
+        pieces = re.split("(" + "|".join(re.escape(t) for t in sorted(added, key=len, reverse=True)) + ")", text)
+        ids: list[int] = []
+        for k, piece in enumerate(pieces):
+            if piece in added:
+                ids.append(added[piece])
+                continue
+            piece = piece.lstrip() if k > 0 else piece  # after an added token
+            piece = piece.rstrip() if k < len(pieces) - 1 else piece  # before one
+            if piece:
+                ids.extend(tokenizer.encode(piece, add_special_tokens=False))
+        return ids
+
     def encode_prompt(self, instruction: str = GCG_INSTRUCTION) -> list[int]:
         """bos + the prompt's ids with one IMAGE_TOKEN_INDEX for `<image>` (each side tokenised on its own,
         as tokenizer_image_token does)."""
-        processor = self.model.processor
         before, after = gcg_prompt(instruction).split(IMAGE_PLACEHOLDER)
         bos = [self.special.bos] if self.special.bos is not None else []
-        return bos + processor.encode_text(before) + [VIDEO_TOKEN_INDEX] + processor.encode_text(after)
+        return bos + self.encode_text(before) + [VIDEO_TOKEN_INDEX] + self.encode_text(after)
 
     def answer_ids(self, answer: str) -> list[int]:
         """The ids of an assistant answer as it follows `ASSISTANT:` in a conversation (no `</s>`)."""
-        return self.model.processor.answer_ids(answer)
+        return self.encode_text(answer)
 
     def encode_images(self, clip_pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, Sc, Sc) -> the 576 projected image tokens per image (N, 576, D): CLIP's penultimate-layer

@@ -1545,13 +1545,325 @@ def cmd_modules(a) -> None:
     log(json.dumps(report, indent=1))
 
 
+# ====================================================================== glamm gcg
+# (H, W) of the fixed test images: landscape 16:9, portrait 3:4, and HowTo100M's usual 455 x 256
+GCG_IMAGE_SIZES = ((360, 640), (480, 360), (256, 455))
+# teacher-forced answer start (as GROVE's gen_prefix): its [SEG]s are decoded whatever the weights generate
+GCG_PREFIX_ANSWER = "<p> A man </p> [SEG] is cutting <p> a red tomato </p> [SEG] on <p> a wooden board </p> [SEG]"
+GCG_PREFIX_NEW_TOKENS = 8
+# inference() asks evaluate() for up to 512 new tokens; without a KV cache (GLaMM's use_cache=False) each
+# step reruns CLIP and the LLM on the whole sequence: about 40 CPU-minutes for 3 images on 2 shared cores
+GCG_MAX_NEW_TOKENS = 48
+
+
+def gcg_images(seed: int) -> list[np.ndarray]:
+    """Smooth random colour fields plus pixel noise (RGB uint8), one per GCG_IMAGE_SIZES."""
+    from PIL import Image
+    rng = np.random.default_rng(seed + 31)
+    images = []
+    for h, w in GCG_IMAGE_SIZES:
+        coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        base = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC)).astype(np.int16)
+        images.append(np.clip(base + rng.integers(-24, 25, (h, w, 3)), 0, 255).astype(np.uint8))
+    return images
+
+
+def install_torchvision_pil_standin() -> None:
+    """SAM's ResizeLongestSide.apply_image calls torchvision's to_pil_image and resize on a uint8 HWC
+    array; for PIL input torchvision runs `Image.fromarray` and `img.resize((w, h), BILINEAR)` (its
+    default interpolation). Where torchvision cannot be imported, the stand-in does exactly that."""
+    install_torchvision_standin()
+    if "torchvision" not in STANDINS:
+        return
+    from PIL import Image
+    fn = sys.modules["torchvision.transforms.functional"]
+
+    def to_pil_image(pic, mode=None):
+        return Image.fromarray(np.asarray(pic), mode)
+
+    def resize(img, size, interpolation=None, max_size=None, antialias=True):
+        assert isinstance(img, Image.Image) and len(size) == 2 and interpolation is None, "stand-in: PIL, (h, w) only"
+        return img.resize((int(size[1]), int(size[0])), Image.BILINEAR)
+
+    fn.to_pil_image, fn.resize = to_pil_image, resize
+    STANDINS["torchvision (GCG)"] = ("transforms.functional.to_pil_image / resize for SAM's ResizeLongestSide: "
+                                     "Image.fromarray and PIL bilinear resize to (h, w), as torchvision does for PIL")
+
+
+def _import_glamm_gcg(glamm: Path):
+    """GLaMM's eval/gcg/infer.py as a module (its __main__ block is not run), with its imports."""
+    install_torchvision_pil_standin()
+    sys.modules["model.layers"] = _standin_layers_module("model.layers")
+    STANDINS["model.layers (GLaMM)"] = "same region-encoder stand-in as for GROVE (GLaMM's layers.py: same layout)"
+    sys.path.insert(0, str(glamm))
+    from transformers import AutoConfig, AutoModelForCausalLM
+    reg_c, reg_m = AutoConfig.register, AutoModelForCausalLM.register
+    AutoConfig.register = lambda *x, **k: reg_c(*x, **(k | {"exist_ok": True}))
+    AutoModelForCausalLM.register = lambda *x, **k: reg_m(*x, **(k | {"exist_ok": True}))
+    try:
+        infer = importlib.import_module("eval.gcg.infer")
+    finally:
+        AutoConfig.register, AutoModelForCausalLM.register = reg_c, reg_m
+    return infer
+
+
+def _official_instruction(glamm: Path) -> str:
+    """The GCG instruction exactly as eval/gcg/infer.py's __main__ assigns it (read from the source)."""
+    import ast
+    tree = ast.parse((glamm / "eval" / "gcg" / "infer.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "instruction" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise RuntimeError("eval/gcg/infer.py: no `instruction = ...` found")
+
+
+@contextlib.contextmanager
+def _cpu_float32():
+    """GLaMM's GCG code moves tensors with `.cuda()` and casts pixels with `.bfloat16()`: on this CPU-only,
+    float32 run both are the identity."""
+    cuda, bf16 = torch.Tensor.cuda, torch.Tensor.bfloat16
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    torch.Tensor.bfloat16 = lambda self, *a, **k: self
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda, torch.Tensor.bfloat16 = cuda, bf16
+
+
+def _load_glamm_as_infer_does(infer, rel: Path, tmp: Path):
+    """eval/gcg/infer.py __main__'s model set-up, float32 on the CPU (official: bf16 on cuda)."""
+    from transformers import AutoTokenizer, CLIPImageProcessor
+    argv = sys.argv
+    sys.argv = ["infer.py", "--hf_model_path", str(rel), "--output_dir", str(tmp)]
+    try:
+        args = infer.parse_args()
+    finally:
+        sys.argv = argv
+    tokenizer = AutoTokenizer.from_pretrained(args.hf_model_path, cache_dir=None, model_max_length=args.model_max_length,
+                                              padding_side="right", use_fast=False)
+    tokenizer.pad_token = tokenizer.unk_token
+    seg_official = tokenizer("[SEG]", add_special_tokens=False).input_ids[0]
+    seg_token_idx = tokenizer.convert_tokens_to_ids("[SEG]")
+    if seg_official != seg_token_idx:  # the stand-in tokenizer is legacy=False: "[SEG]" -> ["▁", "[SEG]"]
+        STANDINS["seg_token_idx"] = (f"tokenizer('[SEG]').input_ids[0] is {seg_official} with this SentencePiece "
+                                     f"stand-in; the [SEG] id {seg_token_idx} is used (GLaMM's released tokenizer gives it)")
+    model = infer.GLaMMForCausalLM.from_pretrained(args.hf_model_path, low_cpu_mem_usage=True, seg_token_idx=seg_token_idx,
+                                                   torch_dtype=torch.float32)
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.bos_token_id = tokenizer.bos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.get_model().initialize_vision_modules(model.get_model().config)
+    model.get_model().get_vision_tower().to(dtype=torch.float32)
+    model = model.float().eval()
+    # GLaMM reads the [SEG] states from the LAST generation step's hidden states, which cover the whole
+    # sequence only without a KV cache. Under GLaMM's transformers 4.28, generate() rebuilds a generation
+    # config made from the model config when that changed (GLaMMModel sets use_cache=False); 4.46.3 keeps
+    # the saved generation_config.json (use_cache defaults to True) and the read-out fails at step 2.
+    model.generation_config.use_cache = model.config.use_cache
+    STANDINS["generation_config.use_cache"] = (
+        f"set to the model config's {model.config.use_cache} as transformers 4.28 (GLaMM's pin) does in generate(); "
+        "4.46.3 would keep the saved default True, and GLaMM's evaluate() then fails")
+    clip_image_processor = CLIPImageProcessor.from_pretrained(model.config.vision_tower)
+    transform = infer.ResizeLongestSide(args.image_size)
+    infer.args, infer.tokenizer, infer.model = args, tokenizer, model
+    infer.clip_image_processor, infer.transform = clip_image_processor, transform
+    return model, tokenizer, seg_token_idx
+
+
+@torch.no_grad()
+def _gcg_rescale(model, seed: int) -> None:
+    """Give the reduced GLaMM a grounding path that matters, as make_every_path_matter does for GROVE
+    (LLaMA's N(0, 0.02) init leaves the [SEG] queries and their masks nearly constant): weights
+    N(0, 1/fan_in), biases N(0, 0.1), norm weights 1 + N(0, 0.1)."""
+    g = torch.Generator().manual_seed(seed + 1301)
+    m = model.get_model()
+    for mod in (m.layers, m.text_hidden_fcs, m.mm_projector, m.grounding_encoder.mask_decoder,
+                m.grounding_encoder.prompt_encoder):
+        for n, p in mod.named_parameters():
+            if "norm" in n and n.endswith("weight"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            elif p.dim() > 1:
+                normal_(p, 1.0 / math.sqrt(p[0].numel()), g)
+            else:
+                normal_(p, 0.1, g)
+
+
+@torch.no_grad()
+def _gcg_tag_rows(model, frequent: list[int], ids: dict) -> dict:
+    """Make the model answer with GCG tags: the lm_head rows of `[SEG]`, `<p>`, `</p>` become 1.05 x the
+    rows of the three tokens its greedy answers use most, so the tags appear where those tokens would."""
+    head = model.lm_head.weight
+    for tag, source in zip(("seg", "bop", "eop"), frequent):
+        head[ids[tag]] = 1.05 * head[source]
+    return {tag: int(source) for tag, source in zip(("seg", "bop", "eop"), frequent)}
+
+
+def cmd_glamm_gcg(a) -> None:
+    """GLaMM's GCG inference (eval/gcg/infer.py `inference`, run verbatim) on fixed images, with a
+    reduced-width GLaMM made to answer with GCG tags; writes DIR/glamm_gcg/ (the checkpoint, GLaMM layout)
+    and DIR/glamm_gcg_reference/ (images, pixels, ids, mask logits, texts)."""
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "glamm_tokenizer_oldformat" / "tokenizer_config.json").exists():
+        subprocess.check_call([sys.executable, __file__, "--official", a.official, "tokenizer", "--out", a.out,
+                               "--seed", str(a.seed), "--vocab", str(a.vocab), "--no-fixtures"])
+    if not (out / "glamm_release" / "pytorch_model.bin.index.json").exists():
+        subprocess.check_call([sys.executable, __file__, "--official", a.official, "--glamm", a.glamm,
+                               "glamm-build", "--out", a.out, "--seed", str(a.seed)])
+    import cv2
+    glamm = Path(a.glamm).resolve()
+    infer = _import_glamm_gcg(glamm)
+    T = Timer()
+    ref = out / "glamm_gcg_reference"
+    ref.mkdir(exist_ok=True)
+    ids = {"seg": 32004, "bop": 32005, "eop": 32006, "im_start": 32000, "im_end": 32001}
+    images = gcg_images(a.seed)
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(ref / f"image_{i}.png")
+        cv2.imwrite(str(paths[-1]), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))  # PNG: lossless
+    instruction = _official_instruction(glamm)
+
+    ckpt = out / "glamm_gcg"
+    tweak = None
+    if not (ckpt / "pytorch_model.bin.index.json").exists() or a.rebuild:
+        with T("load glamm_release as infer.py does"), _cpu_float32():
+            model, tokenizer, _ = _load_glamm_as_infer_does(infer, out / "glamm_release", ref)
+        with T("greedy answers of the rescaled model (choose the tag rows)"), _cpu_float32():
+            _gcg_rescale(model, a.seed)
+            counts: dict[int, int] = {}
+            for path in paths:  # generate only (evaluate() would also run SAM)
+                image_np = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+                clip = infer.clip_image_processor.preprocess(image_np, return_tensors="pt")["pixel_values"]
+                input_ids = _gcg_prompt_ids(infer, tokenizer, instruction)
+                seq = model.generate(images=clip, input_ids=input_ids, max_new_tokens=48, num_beams=1)
+                for t in seq[0, input_ids.shape[1]:].tolist():
+                    counts[t] = counts.get(t, 0) + 1
+            frequent = [t for t, _ in sorted(counts.items(), key=lambda kv: -kv[1]) if t not in (1, 2)][:3]
+            rows = _gcg_tag_rows(model, frequent, ids)
+        tweak = {"rescaled": "model.layers, text_hidden_fcs, mm_projector, mask_decoder, prompt_encoder: weights "
+                             "N(0, 1/fan_in), biases N(0, 0.1), norm weights 1 + N(0, 0.1)",
+                 "lm_head_rows": "1.05 x the rows of the three most frequent greedy tokens (48 per image) of the "
+                                 "rescaled model", "lm_head_rows_from": rows,
+                 "greedy_token_counts_top10": sorted(counts.items(), key=lambda kv: -kv[1])[:10]}
+        with T("save glamm_gcg (GLaMM layout)"):
+            shutil.rmtree(ckpt, ignore_errors=True)
+            model.save_pretrained(str(ckpt), safe_serialization=False, max_shard_size="2GB")
+            for f in (out / "glamm_tokenizer_oldformat").iterdir():
+                shutil.copy(f, ckpt / f.name)
+            write_json(ckpt / "gcg_weights.json", tweak)
+        del model
+        gc.collect()
+    tweak = json.loads((ckpt / "gcg_weights.json").read_text())
+
+    with T("load glamm_gcg as infer.py does"), _cpu_float32():
+        model, tokenizer, seg_token_idx = _load_glamm_as_infer_does(infer, ckpt, ref)
+    captured: dict = {}
+
+    def wrap(obj, name, key, record_args=False):  # record what the official call passes and returns
+        orig = getattr(obj, name)
+
+        def w(*args, **kw):
+            r = orig(*args, **kw)
+            captured.setdefault(key, []).append((args, kw, r) if record_args else r)
+            return r
+        setattr(obj, name, w)
+
+    wrap(model, "_process_hidden_states", "queries")
+    wrap(model.get_model().grounding_encoder, "postprocess_masks", "low_res", record_args=True)
+    # stand-ins for time, not for behaviour: inference()'s 512-token budget is capped, and SAM's embedding
+    # of the same pixels is computed once per image (the prefix run reuses it: the same values)
+    evaluate, embed = model.evaluate, model.get_grounding_encoder_embs  # evaluate() calls self.get_...
+    memo: dict = {}
+
+    def capped_evaluate(*args, **kw):
+        kw["max_tokens_new"] = min(kw.get("max_tokens_new", 32), GCG_MAX_NEW_TOKENS)
+        result = evaluate(*args, **kw)
+        captured.setdefault("evaluate", []).append((args, kw, result))
+        return result
+
+    def embed_once(pixels):
+        if "pixels" not in memo or not torch.equal(memo["pixels"], pixels):
+            memo["pixels"], memo["embeddings"] = pixels.clone(), embed(pixels)
+        captured.setdefault("sam", []).append(memo["embeddings"])
+        return memo["embeddings"]
+
+    model.evaluate, model.get_grounding_encoder_embs = capped_evaluate, embed_once
+    STANDINS["evaluate max_tokens_new"] = (f"capped at {GCG_MAX_NEW_TOKENS} (inference() asks for 512; "
+                                           "a CPU-time limit, the same cap on the project side)")
+    STANDINS["get_grounding_encoder_embs"] = "memoised per image (the prefix run of an image reuses its SAM embedding)"
+
+    tensors: dict[str, torch.Tensor] = {}
+    records = []
+    for i, path in enumerate(paths):
+        captured.clear()
+        with T(f"image {i} {GCG_IMAGE_SIZES[i]}: inference() of eval/gcg/infer.py"), _cpu_float32():
+            caption, pred_masks, phrases = infer.inference(instruction, str(path))
+        (e_args, _, (output_ids, masks)), = captured["evaluate"]
+        image_clip, image_sam, input_ids, resize_list, original_size_list = e_args[:5]
+        tensors[f"image_{i}"] = torch.from_numpy(images[i].copy())
+        tensors[f"clip_pixels_{i}"] = image_clip[0].float()
+        tensors[f"sam_pixels_{i}"] = image_sam[0].float()
+        tensors[f"sam_embeddings_{i}"] = captured["sam"][0][0].float()
+        free = _gcg_outputs(tensors, f"free_{i}", input_ids, output_ids, masks, captured)
+        text_output = tokenizer.decode(output_ids[0][output_ids[0] != infer.IMAGE_TOKEN_INDEX], skip_special_tokens=False)
+        # the same image with a teacher-forced answer start: evaluate() decodes every [SEG] of the sequence
+        prefixed = _gcg_prompt_ids(infer, tokenizer, instruction, " " + GCG_PREFIX_ANSWER)
+        assert torch.equal(prefixed[0, : input_ids.shape[1]], input_ids[0]), "prompt + prefix does not extend the prompt"
+        captured.clear()
+        with T(f"image {i}: evaluate() on prompt + answer prefix (+{GCG_PREFIX_NEW_TOKENS} tokens)"), _cpu_float32():
+            out_ids, pmasks = model.evaluate(image_clip, image_sam, prefixed, resize_list, original_size_list,
+                                             max_tokens_new=GCG_PREFIX_NEW_TOKENS, bboxes=None)
+        prefix = _gcg_outputs(tensors, f"prefix_{i}", prefixed, out_ids, pmasks, captured)
+        records.append({"image": path.name, "size_hw": list(GCG_IMAGE_SIZES[i]), "resize_hw": list(resize_list[0]),
+                        "original_hw": list(original_size_list[0]), "free": free | {"text_output": text_output,
+                        "caption": caption, "phrases": phrases}, "prefix": prefix | {"answer_prefix": GCG_PREFIX_ANSWER}})
+        log(f"image {i}: {free['n_generated']} generated ids, {free['n_seg']} [SEG]; caption {caption[:100]!r}; "
+            f"phrases {phrases[:6]}; prefix run: {prefix['n_seg']} [SEG]")
+    save_st(ref / "reference.safetensors", tensors)
+    write_json(ref / "reference.json", {
+        "what": "GLaMM GCG inference (eval/gcg/infer.py inference(), verbatim) on the reduced-width GLaMM in "
+                "DIR/glamm_gcg, float32 on the CPU, plus evaluate() on prompt + a teacher-forced answer start",
+        "checkpoint": str(ckpt), "instruction": instruction, "seg_token_idx": seg_token_idx, "ids": ids,
+        "max_new_tokens": {"free": GCG_MAX_NEW_TOKENS, "prefix": GCG_PREFIX_NEW_TOKENS},
+        "images": records, "weights": tweak, "standins": STANDINS,
+        "deviations": {"dtype": "float32 (official: bf16: model.bfloat16() and image.bfloat16())",
+                       "device": "CPU (official: cuda; Tensor.cuda is the identity here)"},
+        "timings_s": T.t, "peak_rss_gib": round(peak_rss_gib(), 2)})
+    log(f"glamm-gcg: wrote {ref}")
+
+
+def _gcg_prompt_ids(infer, tokenizer, instruction: str, answer: str = "") -> torch.Tensor:
+    """(1, L) ids of inference()'s prompt (conversation llava_v1, `<im_start><image><im_end>`), optionally
+    followed by the start of an answer, through the official tokenizer_image_token."""
+    conv = infer.conversation_lib.conv_templates["llava_v1"].copy()
+    conv.messages = []
+    image = infer.DEFAULT_IM_START_TOKEN + infer.DEFAULT_IMAGE_TOKEN + infer.DEFAULT_IM_END_TOKEN
+    conv.append_message(conv.roles[0], f"The {image} provides an overview of the picture.\n" + instruction)
+    conv.append_message(conv.roles[1], "")
+    return infer.tokenizer_image_token(conv.get_prompt() + answer, tokenizer, return_tensors="pt")[None]
+
+
+def _gcg_outputs(tensors: dict, key: str, input_ids, output_ids, masks, captured) -> dict:
+    """Record one evaluate() call: ids, [SEG] queries, low-res and final mask logits."""
+    tensors[f"{key}_input_ids"] = input_ids[0].long()
+    tensors[f"{key}_output_ids"] = output_ids[0].long()
+    n_seg = int(masks[0].shape[0])
+    if n_seg:
+        tensors[f"{key}_mask_logits"] = masks[0].float()
+        tensors[f"{key}_queries"] = captured["queries"][0][1][0].float()
+        (args, _, _), = captured["low_res"]  # postprocess_masks(low_res_masks (S, 1, h, w), input_size=, original_size=)
+        tensors[f"{key}_low_res"] = args[0][:, 0].float()
+    return {"n_prompt": int(input_ids.shape[1]), "n_generated": int(output_ids.shape[1] - input_ids.shape[1]), "n_seg": n_seg}
+
+
 # ================================================================== entry point
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--official", required=True, help="path to the official GROVE checkout (read-only)")
     p.add_argument("--glamm", default="/work/official/glamm", help="path to the official GLaMM checkout (glamm)")
-    p.add_argument("command", choices=["model", "glamm", "glamm-build", "tokenizer", "modules", "check-standin",
-                                       "release-roundtrip"])
+    p.add_argument("command", choices=["model", "glamm", "glamm-build", "glamm-gcg", "tokenizer", "modules",
+                                       "check-standin", "release-roundtrip"])
     p.add_argument("--out", default=None, help="output directory (modules: default tests/fixtures/official)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vocab", type=int, default=32000, help="tokenizer: SentencePiece vocabulary size")
@@ -1568,7 +1880,8 @@ def main(argv=None) -> None:
     if a.command == "check-standin":
         print(json.dumps(check_region_standin(Path(a.official).resolve()), indent=1))
         return
-    {"model": cmd_model, "glamm": cmd_glamm, "glamm-build": cmd_glamm_build, "tokenizer": cmd_tokenizer,
+    {"model": cmd_model, "glamm": cmd_glamm, "glamm-build": cmd_glamm_build, "glamm-gcg": cmd_glamm_gcg,
+     "tokenizer": cmd_tokenizer,
      "modules": cmd_modules, "release-roundtrip": cmd_release_roundtrip}[a.command](a)
 
 

@@ -6,8 +6,10 @@
 # 3. `grove weights import --from grove` of its released layout, with the official vocabulary
 #    (official_side.py tokenizer: GLaMM's tokenizer, to which the importer adds GROVE's tokens);
 # 4. this project's model on the same inputs (compare.py): the largest deviation per output.
-# Also imports the training-time layout (.bin) and checks it gives the same tensors, and imports a GLaMM
-# checkpoint and checks it against the official train.py initialisation from it (compare_glamm.py).
+# Also imports the training-time layout (.bin) and checks it gives the same tensors, imports a GLaMM
+# checkpoint and checks it against the official train.py initialisation from it (compare_glamm.py), and
+# runs GLaMM's grounded conversation generation, official (eval/gcg/infer.py) and the project's
+# (grove/model/glamm.py, stage-1 annotation), on the same images (compare_glamm_gcg.py; ~15 min).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OFFICIAL=${1:?usage: run_parity.sh /path/to/grove-checkout /path/to/groundingLMM-checkout [WORK]}
@@ -45,3 +47,8 @@ PY
 rm -rf "$WORK/glamm/imported_glamm"
 .venv/bin/grove weights import --from glamm "$WORK/glamm/glamm_release" --clip "$WORK/glamm/clip-vit-tiny-patch14-336" --out "$WORK/glamm/imported_glamm" --no-hash
 .venv/bin/python scripts/official_parity/compare_glamm.py --work "$WORK/glamm"
+
+[ -f "$WORK/glamm/glamm_gcg_reference/reference.json" ] || "$PYO" scripts/official_parity/official_side.py --official "$OFFICIAL" --glamm "$GLAMM" glamm-gcg --out "$WORK/glamm" --threads 1
+rm -rf "$WORK/glamm/imported_glamm_gcg"
+.venv/bin/grove weights import --from glamm "$WORK/glamm/glamm_gcg" --clip "$WORK/glamm/clip-vit-tiny-patch14-336" --grounding-size 1024 --out "$WORK/glamm/imported_glamm_gcg" --no-hash
+.venv/bin/python scripts/official_parity/compare_glamm_gcg.py --work "$WORK/glamm" --threads 1
