@@ -47,21 +47,26 @@ class TextGenerator(Protocol):
     def generate(self, prompts: Sequence[str], schemas: Sequence[Schema | None] | None = None) -> list[str]: ...
 
 
+def model_from_environment(options: Mapping[str, Any], variable: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """`options` with `$variable`, where set and not blank, as its `model` (a local folder or hub id)."""
+    resolved = dict(options)
+    override = (os.environ if environ is None else environ).get(variable, "").strip()
+    if override:
+        if resolved.get("model") not in (None, override):
+            logger.info("$%s=%s replaces the configured model %s", variable, override, resolved["model"])
+        resolved["model"] = override
+    return resolved
+
+
 def resolve_llm_options(engine: str, options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The options an LLM engine is built with: `$GROVE_ANNOTATION_LLM` over the `model` option.
 
     Other engines' options come back unchanged. Whatever hashes a stage's configuration should hash
     this result, so that a model named by the environment changes the annotator version too.
     """
-    resolved = dict(options)
     if engine not in LLM_ENGINES:
-        return resolved
-    override = (os.environ if environ is None else environ).get(LLM_ENV, "").strip()
-    if override:
-        if resolved.get("model") not in (None, override):
-            logger.info("$%s=%s replaces the configured model %s", LLM_ENV, override, resolved["model"])
-        resolved["model"] = override
-    return resolved
+        return dict(options)
+    return model_from_environment(options, LLM_ENV, environ)
 
 
 def chat_messages(prompt: str) -> list[dict[str, str]]:

@@ -5,7 +5,9 @@ Also the worked example of a stage-1 plug-in (see annotation/stage1.py): a class
 grove.data.video on the clip's 5 fps grid; each frame gets `<MORE_DETAILED_CAPTION>` (or the task in
 `caption_task`), then `<CAPTION_TO_PHRASE_GROUNDING>` with that caption, both batched over frames.
 Boxes come back in the decoded frame's pixels and are rescaled to the clip's width and height.
-Weights: a local folder or a hub id (`model=`); offline tests use a tiny random-weight model.
+Weights: a local folder or a hub id (`model=`, or `$GROVE_ANNOTATION_FLORENCE2`) in transformers' own Florence-2
+layout (`florence-community/Florence-2-large`; `microsoft/Florence-2-*` hold remote code, which this backend
+does not run); offline tests use a tiny random-weight model.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class Florence2Captioner:
     def __init__(
         self,
         context: Stage1Context,
-        model: str = "microsoft/Florence-2-large",
+        model: str = "florence-community/Florence-2-large",
         caption_task: str = "<MORE_DETAILED_CAPTION>",
         batch_size: int = 16,
         max_new_tokens: int = 128,

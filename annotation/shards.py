@@ -138,11 +138,13 @@ def _digest(obj: Any) -> str:
 def stage_version(config: AnnotatorConfig, stage: int) -> str:
     """Hash of what decides a stage's output, chained: changing stage 2 changes stages 2 and 3."""
     from annotation.engines import resolve_llm_options
+    from annotation.stage1 import resolve_stage1_options
     from annotation.stage2 import load_prompt
 
     if stage == 1:
         return _digest(
-            {"code": ANNOTATOR_CODE_VERSION, "stage1": config.stage1, "options": config.stage1_options,
+            {"code": ANNOTATOR_CODE_VERSION, "stage1": config.stage1,
+             "options": resolve_stage1_options(config.stage1, config.stage1_options),
              "frame_stride": config.frame_stride, "video_backend": config.video_backend,
              "clip_seconds": config.clip_seconds}
         )

@@ -15,6 +15,10 @@ example to follow for a real model) and `glamm` (annotation/glamm.py: the paper'
 conversation generation run by this project's modules on an imported GLaMM checkpoint,
 `--stage1 glamm --stage1-option model=/weights/GLaMM-GranD-Pretrained`). Any other backend is named by
 import path, `package.module:Class`, e.g. `--stage1 my_captioner.module:MyCaptioner`.
+
+The model weights of the built-in model backends may also come from the environment, which wins over
+the `model` option: `$GROVE_ANNOTATION_GLAMM` for glamm, `$GROVE_ANNOTATION_FLORENCE2` for florence2
+(a local folder or hub id; `resolve_stage1_options`), as `$GROVE_ANNOTATION_LLM` does for stages 2 and 3.
 """
 
 from __future__ import annotations
@@ -25,13 +29,14 @@ import json
 import logging
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from annotation.engines import model_from_environment
 from annotation.records import Box, ClipFailure, ClipFrames, ClipRequest, FrameAnnotation
 
 logger = logging.getLogger(__name__)
@@ -41,6 +46,20 @@ BUILTIN_CAPTIONERS = {
     "florence2": "annotation.florence2:Florence2Captioner",
     "glamm": "annotation.glamm:GlammCaptioner",
 }
+
+
+# the environment variable that names a built-in backend's weights; it wins over the `model` option
+MODEL_ENV = {"glamm": "GROVE_ANNOTATION_GLAMM", "florence2": "GROVE_ANNOTATION_FLORENCE2"}
+
+
+def resolve_stage1_options(name: str, options: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The options a backend is built with: its `MODEL_ENV` variable, where set, over the `model` option.
+
+    Whatever hashes stage 1's configuration hashes this result, so that weights named by the
+    environment change the annotator version too.
+    """
+    variable = MODEL_ENV.get(name)
+    return model_from_environment(options or {}, variable, environ) if variable else dict(options or {})
 
 
 @dataclass(frozen=True)
@@ -71,7 +90,11 @@ def load_captioner(name: str, context: Stage1Context, options: dict[str, Any] | 
         cls = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"stage-1 backend {name!r}: cannot import {target}: {exc}") from exc
-    captioner = cls(context=context, **(options or {}))
+    options = resolve_stage1_options(name, options)
+    if name == "glamm" and not options.get("model"):
+        raise ValueError(f"stage-1 backend glamm needs GLaMM weights: set ${MODEL_ENV['glamm']} or the option "
+                         "model=DIR (a GLaMM checkpoint as released, or imported with `grove weights import --from glamm`)")
+    captioner = cls(context=context, **options)
     if not isinstance(captioner, FrameCaptioner):
         raise TypeError(f"stage-1 backend {target} lacks describe() / caption_clips()")
     return captioner

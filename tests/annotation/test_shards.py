@@ -188,3 +188,18 @@ def test_a_model_named_by_the_environment_changes_the_llm_stages_versions(monkey
     with_variable = stage_version(lexical, 3)
     monkeypatch.delenv(LLM_ENV)
     assert stage_version(lexical, 3) == with_variable
+
+
+def test_stage1_weights_named_by_the_environment_change_every_stage_version(monkeypatch):
+    from annotation.shards import AnnotatorConfig, stage_version
+    from annotation.stage1 import MODEL_ENV
+
+    config = AnnotatorConfig(stage1="glamm", stage1_options={"model": "/weights/GLaMM-GranD-Pretrained"})
+    monkeypatch.delenv(MODEL_ENV["glamm"], raising=False)
+    before = [stage_version(config, stage) for stage in (1, 2, 3)]
+    monkeypatch.setenv(MODEL_ENV["glamm"], "/weights/GLaMM-GCG")
+    after = [stage_version(config, stage) for stage in (1, 2, 3)]
+    assert all(b != a for b, a in zip(before, after))
+    simulated = AnnotatorConfig()  # a backend without weights: the variable changes nothing
+    monkeypatch.setenv(MODEL_ENV["florence2"], "/weights/florence")
+    assert stage_version(simulated, 1) == stage_version(AnnotatorConfig(stage1_options={}), 1)

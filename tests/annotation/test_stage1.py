@@ -105,12 +105,15 @@ class EchoCaptioner:
                                    for i, f in zip(c.frame_indices, c.frame_ids)]) for c in clips]
 
 
-def test_plug_in_backends_load_by_import_path(tmp_path):
+def test_plug_in_backends_load_by_import_path(tmp_path, monkeypatch):
     context = Stage1Context(tmp_path)
     captioner = load_captioner(f"{__name__}:EchoCaptioner", context, {"caption": "a mug"})
     request = ClipRequest("v_0", "x.mp4", 10.0, 64, 48, (0, 1), (0, 2))
     assert captioner.caption_clips([request])[0].frames[1].caption == "a mug"
     with pytest.raises(ValueError, match="unknown stage-1 backend"):
+        load_captioner("no_such_backend", context)
+    monkeypatch.delenv("GROVE_ANNOTATION_GLAMM", raising=False)
+    with pytest.raises(ValueError, match=r"needs GLaMM weights: set \$GROVE_ANNOTATION_GLAMM or the option model=DIR"):
         load_captioner("glamm", context)
     with pytest.raises(ValueError, match="cannot import"):
         load_captioner("no_such_package.module:Captioner", context)

@@ -1,7 +1,7 @@
 """GLaMM's grounded conversation generation (grove/model/glamm.py) on a tiny GLaMM-layout checkpoint.
 
-The checkpoint is written here in GLaMM's released layout (`pytorch_model.bin`, config.json, GLaMM's
-tokenizer files) from the official module fixtures (tests/fixtures/official: real official key names and
+The checkpoint is scripts/make_standin_glamm.py's: GLaMM's released layout (`pytorch_model.bin`, config.json,
+GLaMM's tokenizer files) from the official module fixtures (tests/fixtures/official: real official key names and
 weights, GROVE's adapters and heads left out, as GLaMM has none) and imported with
 `grove weights import --from glamm --grounding-size 64` (the tiny SAM's own size, as 1024 is GLaMM's).
 The helpers here also serve tests/annotation/test_glamm.py: `train_gcg` teaches such a model to write GCG
@@ -12,8 +12,8 @@ through the import report.
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -26,60 +26,24 @@ from grove.model.sequence import det_query_positions, gather_positions
 from grove.model.glamm import (GCG_INSTRUCTION, GlammGcg, GlammPreprocessor, _SpecialIds, gcg_caption, gcg_prompt, mask_box,
                                parse_segments)
 from grove.weights.importer import WeightsImportError, import_checkpoint, native_grounding_size
-from tests.weights.test_official_fixtures import read_fixture
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "official"
-GLAMM_ONLY = (".adapters.", "bbox_prediction_head", "temporal_objectness_head")  # GROVE's additions
+STANDIN_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "make_standin_glamm.py"
 SAM_SIZE = 64  # the sam_encoder fixture: 32 x 32 patches of 2 px
-CLIP_PREFIX = "model.vision_tower.vision_tower.vision_model."
-# the clip_tower fixture's mm_projector reads 32 channels; 64 patches (a multiple of the 16 rows that GROVE's
-# official CLIP-adapter reshape needs, which the import's GROVE config checks)
-CLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=64, patch_size=8,
-            hidden_act="quick_gelu")
 Box = tuple[float, float, float, float]
 
 
+def _standin_script():
+    spec = importlib.util.spec_from_file_location("make_standin_glamm", STANDIN_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # ---------------------------------------------------------------------------- a tiny GLaMM checkpoint
-def tiny_clip():
-    """A seeded transformers CLIP vision tower (GLaMM keeps openai's CLIP as it is)."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    torch.manual_seed(0)
-    return CLIPVisionModel(CLIPVisionConfig(**CLIP))
-
-
 def write_tiny_glamm(folder: Path, state: dict[str, torch.Tensor] | None = None) -> Path:
-    """A GLaMM checkpoint in its released layout: the fixtures' official tensors (or `state`), config.json
-    (LLaMA fields, `mm_vision_tower` naming a CLIP folder that says its head count), GLaMM's tokenizer."""
-    folder.mkdir(parents=True)
-    for file in (FIXTURES / "tokenizer" / "glamm_oldformat").iterdir():
-        shutil.copy(file, folder / file.name)
-    shutil.copy(FIXTURES / "tokenizer" / "llama" / "tokenizer.model", folder / "tokenizer.model")
-    vocab = 32007  # GLaMM's tokenizer: LLaMA's 32000 + <im_start> <im_end> <bbox> <point> [SEG] <p> </p>
-    if state is None:
-        state = {}
-        for name in ("clip_tower", "llm", "sam_encoder", "grounding_decoder"):
-            state.update({k: v for k, v in read_fixture(name)[1].items() if not any(t in k for t in GLAMM_ONLY)})
-        # a CLIP of 8 x 8 patches instead of the fixture's 24 x 24 (576): short sequences train fast
-        state = {k: v for k, v in state.items() if not k.startswith(CLIP_PREFIX)}
-        state.update({CLIP_PREFIX + k.removeprefix("vision_model."): v for k, v in tiny_clip().state_dict().items()})
-        generator = torch.Generator().manual_seed(0)
-        for key in ("model.embed_tokens.weight", "lm_head.weight"):
-            rows = state[key]
-            state[key] = torch.cat([rows, 0.02 * torch.randn(vocab - rows.shape[0], rows.shape[1], generator=generator)])
-    torch.save(state, folder / "pytorch_model.bin")
-    llm = read_fixture("llm")[0]
-    tower = folder / "clip-tiny"
-    tower.mkdir()
-    (tower / "config.json").write_text(json.dumps({"model_type": "clip_vision_model", "num_attention_heads": CLIP["num_attention_heads"]}))
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "llava", "architectures": ["GLaMMForCausalLM"], "hidden_size": llm["hidden"],
-        "intermediate_size": llm["intermediate"], "num_hidden_layers": llm["layers"], "num_attention_heads": llm["heads"],
-        "num_key_value_heads": llm["kv_heads"], "rms_norm_eps": llm["rms_eps"], "rope_theta": llm["rope_theta"],
-        "max_position_embeddings": llm["max_pos"], "vocab_size": vocab, "mm_vision_tower": str(tower), "out_dim": 32,
-        "use_cache": False,
-    }))
-    return folder
+    """A GLaMM checkpoint in its released layout (scripts/make_standin_glamm.py): the official fixtures'
+    tensors, or `state`."""
+    return _standin_script().write_glamm_layout(folder, state)
 
 
 def import_tiny_glamm(raw: Path, out: Path) -> Path:
