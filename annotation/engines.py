@@ -151,24 +151,25 @@ def answer_with_repair(
     reason, which the repair prompt shows the model. Answers with FALLBACK as source are left for the
     caller's fallback (consensus, lexical); `counts` has them counted already.
     """
-    answers = generator.generate(list(prompts), list(schemas))
-    outcomes: list[Answer[T]] = []
-    failed: dict[int, str] = {}
-    for i, text in enumerate(answers):
+    outcomes: list[Answer[T]] = [Answer(None, FALLBACK, "not asked")] * len(prompts)
+    failed: dict[int, tuple[str, str]] = {}  # prompt -> (its answer, why it is unusable)
+    for i, text in _ask(generator, list(prompts), list(schemas), outcomes):
         try:
-            outcomes.append(Answer(validate(i, text), LLM))
+            outcomes[i] = Answer(validate(i, text), LLM)
         except InvalidAnswer as exc:
-            outcomes.append(Answer(None, FALLBACK, str(exc)))
-            failed[i] = str(exc)
+            outcomes[i] = Answer(None, FALLBACK, str(exc))
+            failed[i] = (text, str(exc))
     retry = sorted(failed)
     if retry:
-        second = generator.generate([repair_prompt(prompts[i], answers[i], failed[i], key) for i in retry],
-                                    [schemas[i] for i in retry])
-        for i, text in zip(retry, second):
+        repairs = [repair_prompt(prompts[i], *failed[i], key) for i in retry]
+        repaired: list[Answer[T] | None] = [None] * len(retry)
+        for j, text in _ask(generator, repairs, [schemas[i] for i in retry], repaired):
             try:
-                outcomes[i] = Answer(validate(i, text), REPAIRED)
+                repaired[j] = Answer(validate(retry[j], text), REPAIRED)
             except InvalidAnswer as exc:
-                outcomes[i] = Answer(None, FALLBACK, str(exc))
+                repaired[j] = Answer(None, FALLBACK, str(exc))
+        for i, outcome in zip(retry, repaired):
+            outcomes[i] = outcome
     if counts is not None:
         for outcome in outcomes:
             if outcome.source == LLM:
@@ -179,6 +180,22 @@ def answer_with_repair(
                 counts.fallbacks += 1
                 counts.fallback_reasons[reason_kind(outcome.reason)] += 1
     return outcomes
+
+
+def _ask(generator: TextGenerator, prompts: list[str], schemas: list[Schema | None],
+         outcomes: list) -> list[tuple[int, str]]:
+    """(index, answer) for every prompt that fits the generator's context. A prompt that does not is never
+    sent (an overlong prompt is cut or refused by the engines); its outcome becomes a fallback saying why."""
+    overflow = getattr(generator, "context_overflow", None)
+    blocked = {i: reason for i, prompt in enumerate(prompts) if overflow is not None and (reason := overflow(prompt))}
+    for i, reason in blocked.items():
+        outcomes[i] = Answer(None, FALLBACK, reason)
+    asked = [i for i in range(len(prompts)) if i not in blocked]
+    if blocked:
+        logger.warning("%d of %d prompts do not fit the model's context; they fall back: %s", len(blocked), len(prompts),
+                       next(iter(blocked.values())))
+    answers = generator.generate([prompts[i] for i in asked], [schemas[i] for i in asked]) if asked else []
+    return list(zip(asked, answers))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,6 +274,19 @@ class TransformersGenerator:
 
     def _uses_chat_template(self) -> bool:
         return self.chat_template and bool(getattr(self._tokenizer, "chat_template", None))
+
+    def context_overflow(self, prompt: str) -> str | None:
+        """Why `prompt` and its answer do not fit the model's context (Llama-2: 4096 positions), or None."""
+        if self._model is None:
+            self._load()
+        limit = getattr(self._model.config, "max_position_embeddings", None)
+        if not limit:
+            return None
+        tokens = len(self._tokenizer(self.render(prompt), add_special_tokens=not self._uses_chat_template())["input_ids"])
+        if tokens + self.max_new_tokens <= limit:
+            return None
+        return (f"the prompt does not fit the model's context: '{tokens}' prompt tokens and up to "
+                f"'{self.max_new_tokens}' answer tokens > '{limit}'")
 
     def generate(self, prompts: Sequence[str], schemas: Sequence[Schema | None] | None = None) -> list[str]:
         import torch

@@ -130,6 +130,18 @@ class AnnotatorConfig:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def resolved(self) -> dict[str, Any]:
+        """`as_dict()` with each stage's options as its engine gets them: weights named by the environment
+        ($GROVE_ANNOTATION_GLAMM, $GROVE_ANNOTATION_LLM, ...) in place of the configured ones."""
+        from annotation.engines import resolve_llm_options
+        from annotation.stage1 import resolve_stage1_options
+
+        return self.as_dict() | {
+            "stage1_options": resolve_stage1_options(self.stage1, self.stage1_options),
+            "stage2_options": resolve_llm_options(self.stage2, self.stage2_options),
+            "stage3_options": resolve_llm_options(self.stage3, self.stage3_options),
+        }
+
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -907,7 +919,7 @@ def merge_shards(out_dir: str | Path, shards: Sequence[ShardSpec], config: Annot
         "kind": "auto-annotated",
         "splits": dict(sorted(splits.items())),
         "creator": {"tool": "grove annotate", "annotator_version": annotator_version(config),
-                    "stage_versions": {str(s): v for s, v in versions.items()}, "config": config.as_dict()},
+                    "stage_versions": {str(s): v for s, v in versions.items()}, "config": config.resolved()},
         "stats": {
             "clips": clip_table.num_rows,
             "boxes_raw": raw.num_rows,

@@ -146,3 +146,24 @@ def test_the_counts_surface_per_shard_and_in_the_dataset(standin, synthetic, tmp
 def test_make_generator_loads_nothing_until_asked(standin):
     engine = make_generator("transformers", {"model": str(standin)})
     assert engine._model is None and engine.generate([]) == []
+
+
+def test_a_prompt_beyond_the_models_context_is_never_sent_and_falls_back_saying_why(standin):
+    from annotation.engines import FALLBACK, InvalidAnswer, answer_with_repair, reason_kind
+
+    engine = TransformersGenerator(str(standin), max_new_tokens=8)
+    overlong = "a man cuts a red tomato on a wooden board. " * 600  # beyond Llama-2's 4096 positions
+    assert engine.context_overflow("a short prompt") is None
+    reason = engine.context_overflow(overlong)
+    assert reason.startswith("the prompt does not fit the model's context") and reason.endswith("> '4096'")
+    sent, generate = [], engine.generate
+    engine.generate = lambda prompts, schemas=None: sent.append(list(prompts)) or generate(prompts, schemas)
+
+    def unusable(i: int, text: str):
+        raise InvalidAnswer("no label")
+
+    counts = Stage3Stats()
+    outcomes = answer_with_repair(engine, ["a short prompt", overlong], [None, None], "LABEL", unusable, counts)
+    assert sent[0] == ["a short prompt"] and all(overlong not in p for call in sent for p in call)
+    assert outcomes[1].source == FALLBACK and outcomes[1].reason == reason
+    assert counts.fallbacks == 2 and counts.fallback_reasons[reason_kind(reason)] == 1

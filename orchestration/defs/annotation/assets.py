@@ -76,7 +76,7 @@ def process_annotator(config: Any, catalog_dir: Path, out_dir: Path, batch: int 
     batch = batch or DEFAULT_BATCH_SIZE
     files = [catalog_dir / name for name in ("clips.parquet", "catalog.json", "catalog.parquet")]
     stamps = tuple((f.stat().st_mtime_ns, f.stat().st_size) if f.exists() else None for f in files)
-    key = (json.dumps(config.as_dict(), sort_keys=True, default=str), str(catalog_dir.resolve()), str(out_dir.resolve()),
+    key = (json.dumps(config.resolved(), sort_keys=True, default=str), str(catalog_dir.resolve()), str(out_dir.resolve()),
            stamps, batch)
     if key not in _ANNOTATORS:
         _ANNOTATORS.clear()
