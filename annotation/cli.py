@@ -60,7 +60,7 @@ def annotate(
     ctx: typer.Context,
     catalog: Optional[Path] = typer.Option(None, "--catalog", help="Catalog folder from `grove data ingest`."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output dataset folder (resumable)."),
-    stage1: str = typer.Option("simulated", help="simulated | florence2 | package.module:Class"),
+    stage1: str = typer.Option("simulated", help="simulated | glamm | florence2 | package.module:Class"),
     stage2: str = typer.Option("consensus", help="consensus | transformers | vllm"),
     stage3: str = typer.Option("lexical", help="lexical | embedding | transformers | vllm"),
     shard_size: int = typer.Option(1000, help="Clips per new shard (shards already planned keep theirs)."),
