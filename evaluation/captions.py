@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 BLEU = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4")
@@ -38,6 +40,12 @@ SPICE_UNAVAILABLE = ("not computed: SPICE 1.0 downloads Stanford CoreNLP 3.6.0 m
 TOKENIZER_NAME = "PTBTokenizer (Stanford CoreNLP 3.4.1, pycocoevalcap 1.2)"
 METEOR_NAME = "METEOR 1.5 (pycocoevalcap 1.2 jar, -l en -norm)"
 DEFAULT_TIMEOUT_S = 300.0
+# METEOR 1.5's `-l en` parameters (alpha, beta, gamma, delta) and module weights (exact, stem, synonym,
+# paraphrase), as the jar prints them ("Parameters: 0.85 0.2 0.6 0.75", "Weights: 1.0 0.6 0.8 0.6")
+METEOR_ALPHA, METEOR_BETA, METEOR_GAMMA, METEOR_DELTA = 0.85, 0.2, 0.6, 0.75
+METEOR_WEIGHTS = (1.0, 0.6, 0.8, 0.6)
+METEOR_STATS_LENGTH = 23  # MeteorStats.STATS_LENGTH: 4 lengths, 4 numbers per module, chunks, 2 word-match counts
+BLEU_STATS_LENGTH = 10  # test length, closest reference length, guessed and correct n-grams for n = 1..4
 
 
 class JavaError(RuntimeError):
@@ -165,17 +173,36 @@ class MeteorScorer:
     def score(self, references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> tuple[float, list[float]]:
         """(corpus METEOR, per-item METEOR) of tokenized hypotheses against their references, as
         pycocoevalcap's `Meteor.compute_score`. The corpus value pools statistics; it is not the mean."""
+        corpus, items, _ = self.score_with_statistics(references, hypotheses)
+        return corpus, items
+
+    def score_with_statistics(
+        self, references: Sequence[Sequence[str]], hypotheses: Sequence[str]
+    ) -> tuple[float, list[float], np.ndarray]:
+        """`score`, plus each item's METEOR sufficient statistics as the JVM wrote them ([n, 23], the
+        `MeteorStats` line layout): `meteor_from_statistics` recomputes the corpus score from their sum,
+        which is how a resample of the items is scored without asking Java again."""
         if len(references) != len(hypotheses):
             raise ValueError(f"{len(references)} reference lists for {len(hypotheses)} hypotheses")
         if not hypotheses:
-            return 0.0, []
+            return 0.0, [], np.zeros((0, METEOR_STATS_LENGTH))
         with self._lock:
             self._send([" ||| ".join(("SCORE", " ||| ".join(refs), hyp.replace("|||", "").replace("  ", " ")))
                         for refs, hyp in zip(references, hypotheses)])
             stats = [self._readline() for _ in hypotheses]
             self._send([" ||| ".join(["EVAL", *stats])])
             items = [self._number(self._readline()) for _ in hypotheses]
-            return self._number(self._readline()), items
+            corpus = self._number(self._readline())
+        return corpus, items, self._statistics(stats)
+
+    def _statistics(self, lines: Sequence[str]) -> np.ndarray:
+        try:
+            rows = np.array([[float(v) for v in line.split()] for line in lines], np.float64).reshape(len(lines), -1)
+        except ValueError:
+            raise self._failure(f"unreadable METEOR statistics line {lines[0]!r}") from None
+        if rows.shape[1] != METEOR_STATS_LENGTH:
+            raise self._failure(f"METEOR statistics lines hold {rows.shape[1]} numbers, not {METEOR_STATS_LENGTH}")
+        return rows
 
     def close(self) -> None:
         if self._process.poll() is None:
@@ -193,6 +220,71 @@ class MeteorScorer:
         self.close()
 
 
+def meteor_aggregable(stats: np.ndarray) -> np.ndarray:
+    """Per-item METEOR statistics as `MeteorStats.addStats` sums them: the chunks of an item whose test and
+    reference match entirely in one chunk are not added (addStats' own exception), the rest is summed."""
+    stats = np.array(stats, np.float64, copy=True)
+    matches = stats[..., 4:20].reshape(*stats.shape[:-1], 4, 4)
+    test_total, reference_total = matches[..., [0, 2]].sum(axis=(-1, -2)), matches[..., [1, 3]].sum(axis=(-1, -2))
+    perfect = (test_total == stats[..., 0]) & (reference_total == stats[..., 1]) & (stats[..., 20] == 1.0)
+    stats[..., 20] = np.where(perfect, 0.0, stats[..., 20])
+    return stats
+
+
+def meteor_from_statistics(stats: np.ndarray) -> np.ndarray:
+    """METEOR 1.5's score of (summed) statistics rows [..., 23]: `MeteorScorer.computeMetrics` of the jar,
+    operation for operation (so a row of one item gives its segment score, the sum of
+    `meteor_aggregable` rows the corpus score)."""
+    stats = np.asarray(stats, np.float64)
+    delta = METEOR_DELTA
+    test_length, reference_length, test_function, reference_function = (stats[..., i] for i in range(4))
+    test_weighted_length = delta * (test_length - test_function) + (1.0 - delta) * test_function
+    reference_weighted_length = delta * (reference_length - reference_function) + (1.0 - delta) * reference_function
+    test_matches = np.zeros(stats.shape[:-1])
+    reference_matches = np.zeros(stats.shape[:-1])
+    for i, weight in enumerate(METEOR_WEIGHTS):  # content words of every module first, then function words
+        test_matches = test_matches + stats[..., 4 + 4 * i] * weight * delta
+        reference_matches = reference_matches + stats[..., 5 + 4 * i] * weight * delta
+    for i, weight in enumerate(METEOR_WEIGHTS):
+        test_matches = test_matches + stats[..., 6 + 4 * i] * weight * (1.0 - delta)
+        reference_matches = reference_matches + stats[..., 7 + 4 * i] * weight * (1.0 - delta)
+    test_total = sum(stats[..., 4 + 4 * i] + stats[..., 6 + 4 * i] for i in range(4))
+    reference_total = sum(stats[..., 5 + 4 * i] + stats[..., 7 + 4 * i] for i in range(4))
+    chunks, word_matches = stats[..., 20], stats[..., 21] + stats[..., 22]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = test_matches / test_weighted_length
+        recall = reference_matches / reference_weighted_length
+        f_mean = 1.0 / ((1.0 - METEOR_ALPHA) / precision + METEOR_ALPHA / recall)
+        exact = (test_total == test_length) & (reference_total == reference_length) & (chunks == 1.0)
+        fragmentation = np.where(exact, 0.0, chunks / (word_matches / 2.0))
+        score = f_mean * (1.0 - METEOR_GAMMA * np.power(fragmentation, METEOR_BETA))
+    # the jar: a NaN score (nothing to divide by) is 0, a negative one is clipped to 0
+    return np.where(np.isnan(score), 0.0, np.maximum(score, 0.0))
+
+
+def bleu_statistics(scorer: Any) -> np.ndarray:
+    """Per-item BLEU statistics [n, 10] of a scored pycocoevalcap `BleuScorer` ("closest" reference length)."""
+    rows = [[comps["testlen"], scorer._single_reflen(comps["reflen"], "closest", comps["testlen"]),
+             *comps["guess"], *comps["correct"]] for comps in scorer.ctest]
+    return np.array(rows, np.float64).reshape(len(rows), BLEU_STATS_LENGTH)
+
+
+def bleu_from_statistics(stats: np.ndarray) -> np.ndarray:
+    """Corpus BLEU-1..4 [..., 4] from summed per-item statistics, as `BleuScorer.compute_score`."""
+    stats = np.asarray(stats, np.float64)
+    small, tiny = 1e-9, 1e-15
+    test_length, reference_length = stats[..., 0], stats[..., 1]
+    bleu = np.ones(stats.shape[:-1])
+    out = []
+    for k in range(4):
+        bleu = bleu * ((stats[..., 6 + k] + tiny) / (stats[..., 2 + k] + small))
+        out.append(bleu ** (1.0 / (k + 1)))
+    ratio = (test_length + tiny) / (reference_length + small)
+    with np.errstate(divide="ignore"):
+        penalty = np.where(ratio < 1, np.exp(1 - 1 / ratio), 1.0)
+    return np.stack(out, axis=-1) * penalty[..., None]
+
+
 @dataclass
 class CaptionScores:
     """Corpus scores and per-item scores keyed like pycocoevalcap (`Bleu_1`..`Bleu_4`, `METEOR`, `ROUGE_L`, `CIDEr`)."""
@@ -201,20 +293,23 @@ class CaptionScores:
     per_item: dict[str, dict[str, float]]
     tokenizer: str = TOKENIZER_NAME
     unavailable: dict[str, str] = field(default_factory=lambda: {"SPICE": SPICE_UNAVAILABLE})
+    # per-item sufficient statistics of the pooled metrics ("bleu", "meteor"), rows in `per_item`'s order
+    statistics: dict[str, np.ndarray] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"metrics": dict(self.corpus), "tokenizer": self.tokenizer, "meteor": METEOR_NAME,
                 "unavailable": dict(self.unavailable), "num_items": len(self.per_item)}
 
 
-def _bleu(refs: dict[str, list[str]], hyps: dict[str, list[str]]) -> tuple[list[float], list[list[float]]]:
+def _bleu(refs: dict[str, list[str]], hyps: dict[str, list[str]]) -> tuple[list[float], list[list[float]], np.ndarray]:
     from pycocoevalcap.bleu.bleu_scorer import BleuScorer
 
     # Bleu.compute_score without its print (verbose=0); same scorer, same 'closest' reference length
     scorer = BleuScorer(n=4)
     for key in refs:
         scorer += (hyps[key][0], refs[key])
-    return scorer.compute_score(option="closest", verbose=0)
+    totals, items = scorer.compute_score(option="closest", verbose=0)
+    return totals, items, bleu_statistics(scorer)
 
 
 def score_tokenized(
@@ -222,6 +317,17 @@ def score_tokenized(
     meteor: MeteorScorer | None = None,
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """pycocoevalcap's scorers on already tokenized text (corpus scores, per-item scores)."""
+    corpus, per_item, _ = score_tokenized_with_statistics(references, hypotheses, metrics, meteor)
+    return corpus, per_item
+
+
+def score_tokenized_with_statistics(
+    references: Mapping[str, Sequence[str]], hypotheses: Mapping[str, str], metrics: Sequence[str] = ALL_METRICS,
+    meteor: MeteorScorer | None = None,
+) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, np.ndarray]]:
+    """`score_tokenized`, plus the per-item sufficient statistics of the corpus-level metrics
+    ("bleu" [n, 10], "meteor" [n, 23], rows in the references' order), from which a resample of the items
+    is scored exactly (`bleu_from_statistics`, `meteor_from_statistics`)."""
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
@@ -230,6 +336,7 @@ def score_tokenized(
     hyps = {k: [hypotheses[k]] for k in keys}
     corpus: dict[str, float] = {}
     per_item: dict[str, dict[str, float]] = {k: {} for k in keys}
+    statistics: dict[str, np.ndarray] = {}
 
     def record(name: str, total: float, items: Sequence[float]) -> None:
         corpus[name] = float(total)
@@ -237,9 +344,9 @@ def score_tokenized(
             per_item[key][name] = float(value)
 
     if not keys:
-        return {name: 0.0 for name in metrics}, per_item
+        return {name: 0.0 for name in metrics}, per_item, statistics
     if any(name in BLEU for name in metrics):
-        totals, items = _bleu(refs, hyps)
+        totals, items, statistics["bleu"] = _bleu(refs, hyps)
         for n, name in enumerate(BLEU):
             if name in metrics:
                 record(name, totals[n], items[n])
@@ -247,7 +354,9 @@ def score_tokenized(
         owned = meteor is None
         scorer = MeteorScorer() if owned else meteor
         try:
-            record("METEOR", *scorer.score([refs[k] for k in keys], [hyps[k][0] for k in keys]))
+            total, items, statistics["meteor"] = scorer.score_with_statistics([refs[k] for k in keys],
+                                                                              [hyps[k][0] for k in keys])
+            record("METEOR", total, items)
         finally:
             if owned:
                 scorer.close()
@@ -255,7 +364,7 @@ def score_tokenized(
         record("ROUGE_L", *Rouge().compute_score(refs, hyps))
     if "CIDEr" in metrics:
         record("CIDEr", *Cider().compute_score(refs, hyps))
-    return corpus, per_item
+    return corpus, per_item, statistics
 
 
 def score_captions(
@@ -291,13 +400,13 @@ def score_captions(
     owned = meteor is None and "METEOR" in metrics
     scorer = MeteorScorer(timeout_s=timeout_s) if owned else meteor
     try:
-        corpus, per_item = score_tokenized(refs, hyps, metrics, scorer)
+        corpus, per_item, statistics = score_tokenized_with_statistics(refs, hyps, metrics, scorer)
     finally:
         if owned and scorer is not None:
             scorer.close()
     log.info("caption metrics on %d items: %s", len(keys),
              ", ".join(f"{k} {v:.4f}" for k, v in corpus.items()))
-    return CaptionScores(corpus, per_item)
+    return CaptionScores(corpus, per_item, statistics=statistics)
 
 
 def java_available(java: str = "java") -> bool:

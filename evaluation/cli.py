@@ -31,6 +31,10 @@ JSON_OPTION = typer.Option(False, "--json", help="Print the result as one JSON o
 DB_OPTION = typer.Option(None, "--db", help="DuckDB metric database to append this run to (needs --checkpoint).")
 CHECKPOINT_OPTION = typer.Option(None, "--checkpoint", help="Model or checkpoint id the predictions come from.")
 PRETRAIN_OPTION = typer.Option(None, "--pretrain-size", help="Pre-training set size of the checkpoint (for scaling curves).")
+RESAMPLES_OPTION = typer.Option(1000, "--bootstrap-resamples", help=(
+    "Bootstrap resamples of the scored clips for each metric's interval (0: no intervals)."))
+SEED_OPTION = typer.Option(0, "--bootstrap-seed", help="Seed of the bootstrap resamples (recorded with every interval).")
+CONFIDENCE_OPTION = typer.Option(0.95, "--confidence", help="Two-sided confidence of the percentile intervals.")
 
 
 def _read_json_or_pickle(path: Path) -> Any:
@@ -126,22 +130,25 @@ def iground(
         "counted); without it such clips make the command exit with status 4.")),
     captions: bool = typer.Option(True, "--captions/--no-captions", help="Caption metrics (need Java)."),
     recall: bool = typer.Option(True, "--recall/--no-recall", help="Recall (needs the phrase-embedding model)."),
+    other_protocol: str = typer.Option("auto", "--other-protocol", help=(
+        "Also score the predictions under this preset, side by side in the report (auto: the preset not chosen by "
+        "--protocol; none: only one protocol). --threshold applies to both; the other options to --protocol's only.")),
     per_clip: bool = typer.Option(False, "--per-clip", help="Include per-clip metrics in the JSON output."),
+    resamples: int = RESAMPLES_OPTION, seed: int = SEED_OPTION, confidence: float = CONFIDENCE_OPTION,
     as_json: bool = JSON_OPTION, db: Optional[Path] = DB_OPTION, checkpoint: Optional[str] = CHECKPOINT_OPTION,
     pretrain_size: Optional[int] = PRETRAIN_OPTION,
 ) -> None:
-    """iGround grounded captioning: METEOR, CIDEr (and BLEU, ROUGE-L), AP50, Recall."""
-    import dataclasses
+    """iGround grounded captioning: METEOR, CIDEr (and BLEU, ROUGE-L), AP50, Recall, each with a bootstrap
+    interval over the test clips, under the official protocol and the corrected one side by side."""
+    from evaluation.bootstrap import BootstrapSettings, add_intervals
+    from evaluation.iground import evaluate_iground_files, protocols_side_by_side
 
-    from evaluation.iground import PRESETS, evaluate_iground_files
-
-    if preset not in PRESETS:
-        raise ValueError(f"--protocol must be one of {sorted(PRESETS)}, got {preset!r}")
-    overrides = {"objectness_threshold": threshold, "pairing": pairing, "ap_scores": ap_scores,
-                 "recall_boxes": recall_boxes, "empty_gt_videos": empty_gt_videos, "missing_predictions": missing}
-    protocol = dataclasses.replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
-    report = evaluate_iground_files(gt, pred, split, protocol, embedding_model, captions, recall, _log_progress)
-    report.protocol["preset"] = preset
+    overrides = {"pairing": pairing, "ap_scores": ap_scores, "recall_boxes": recall_boxes,
+                 "empty_gt_videos": empty_gt_videos, "missing_predictions": missing}
+    protocols = protocols_side_by_side(preset, other_protocol, threshold, **{k: v for k, v in overrides.items() if v is not None})
+    bootstrap = BootstrapSettings(resamples, seed, confidence)
+    report = evaluate_iground_files(gt, pred, split, protocols, embedding_model, captions, recall, _log_progress)
+    add_intervals(report, bootstrap)
     if skip_bad_clips:  # recorded only when given, so the report stays what the evaluation asset writes
         report.protocol["skip_bad_clips"] = True
     _finish(report, as_json, db, checkpoint, pretrain_size, per_clip, fail_on_errors=not skip_bad_clips)

@@ -59,7 +59,8 @@ import numpy as np
 import pyarrow as pa
 
 from evaluation.ap import coco_ap_per_video, frame_buckets
-from evaluation.captions import MeteorScorer, score_captions
+from evaluation.bootstrap import ClipStatistics
+from evaluation.captions import CaptionScores, MeteorScorer, score_captions
 from evaluation.embeddings import EmbedFn, unit_rows
 from evaluation.iou import iou_plus1
 from evaluation.report import EvalReport, Problem, mean
@@ -100,6 +101,22 @@ class IGroundProtocol:
 OFFICIAL = IGroundProtocol()
 CORRECTED = IGroundProtocol(pairing="by_query", ap_scores="objectness", recall_boxes="xyxy", empty_gt_videos="exclude")
 PRESETS = {"official": OFFICIAL, "corrected": CORRECTED}
+
+
+def protocols_side_by_side(
+    preset: str = "official", other: str = "auto", objectness_threshold: float | None = None, **overrides: Any
+) -> dict[str, IGroundProtocol]:
+    """The named protocols one evaluation reports: `preset` (with `overrides`) first, then `other` ("auto":
+    every other preset; "none": none; or a preset's name). The objectness threshold is the input's
+    filtering, not a quirk: every protocol gets it; `overrides` change the first protocol only."""
+    if preset not in PRESETS:
+        raise ValueError(f"protocol must be one of {sorted(PRESETS)}, got {preset!r}")
+    if other not in ("auto", "none", *PRESETS):
+        raise ValueError(f"other protocol must be auto, none or one of {sorted(PRESETS)}, got {other!r}")
+    others = [] if other == "none" else [n for n in PRESETS if n != preset] if other == "auto" else [other]
+    protocols = {preset: dataclasses.replace(PRESETS[preset], objectness_threshold=objectness_threshold, **overrides)}
+    return protocols | {n: dataclasses.replace(PRESETS[n], objectness_threshold=objectness_threshold)
+                        for n in others if n != preset}
 
 
 @dataclass
@@ -477,10 +494,14 @@ def evaluate_iground(
     problems: Sequence[Problem] = (),
     split: str = "test",
     progress: Progress | None = None,
+    caption_cache: dict[tuple[str, ...], CaptionScores] | None = None,
 ) -> EvalReport:
     """Score predictions against GT clips. `embed` maps phrases to vectors (None skips Recall);
     `problems` carries what was found while reading the predictions: errors of GT clips leave them
-    out (and count as bad clips); records of clips that are not in the GT only warn."""
+    out (and count as bad clips); records of clips that are not in the GT only warn.
+    `caption_cache`: caption scores by scored clip keys, shared by evaluations of the same predictions
+    under other protocols (captions do not depend on the box protocol): read, and filled.
+    The report's `clip_statistics` hold every metric's per-clip values (and BLEU/METEOR statistics)."""
     found = [p if p.item in gt else Problem(p.item, "unknown_clip", f"not in the ground truth (and unreadable: {p.message})",
                                             "warning") for p in problems]
     found += [Problem(key, "unknown_clip", "prediction for a clip that is not in the ground truth (ignored, as the "
@@ -499,10 +520,20 @@ def evaluate_iground(
         progress("AP50", len(scored), len(scored))
     unavailable: dict[str, str] = {}
     caption_info: dict[str, Any] = {}
+    keys = [c.key for c in scored]
+    statistics = ClipStatistics(keys, {"AP50": (ap, keep)})
     if captions and scored:
-        caption_scores = score_captions({c.key: [c.caption] for c in scored}, {c.key: c.pred_text for c in scored},
-                                        meteor=meteor)
+        caption_scores = (caption_cache or {}).get(tuple(keys))
+        if caption_scores is None:
+            caption_scores = score_captions({c.key: [c.caption] for c in scored}, {c.key: c.pred_text for c in scored},
+                                            meteor=meteor)
+            if caption_cache is not None:
+                caption_cache[tuple(keys)] = caption_scores
         metrics.update(caption_scores.corpus)
+        statistics.pooled.update(caption_scores.statistics)
+        for name in ("ROUGE_L", "CIDEr"):  # means of per-caption scores (CIDEr-D with the split's IDF)
+            if name in caption_scores.corpus:
+                statistics.means[name] = (np.array([caption_scores.per_item[k][name] for k in keys]), None)
         for key, values in caption_scores.per_item.items():
             per_item[key].update(values)
         unavailable.update(caption_scores.unavailable)
@@ -511,11 +542,13 @@ def evaluate_iground(
         unavailable["captions"] = "not computed (captions=False)"
     miou = miou_per_clip(scored, protocol)
     metrics["mIoU"] = mean(miou[keep])
+    statistics.means["mIoU"] = (miou, keep)
     for c, value in zip(scored, miou):
         per_item[c.key]["mIoU"] = float(value)
     if embed is not None:
         recall, _ = recall_per_clip(scored, embed, protocol, progress)
         metrics["Recall"] = mean(recall[keep])
+        statistics.means["Recall"] = (recall, keep)
         for c, value in zip(scored, recall):
             per_item[c.key]["Recall"] = float(value)
     else:
@@ -528,21 +561,49 @@ def evaluate_iground(
               "embedding_model": embedding_model if embed is not None else "none (Recall not computed)",
               **caption_info}
     return EvalReport("iground", split, metrics, record, num_items=len(gt), num_scored=len(scored),
-                      problems=found, unavailable=unavailable, per_item=per_item)
+                      problems=found, unavailable=unavailable, per_item=per_item, clip_statistics=statistics)
+
+
+def evaluate_iground_protocols(
+    gt: Mapping[str, IGroundClip],
+    predictions: Mapping[str, ClipPrediction],
+    embed: EmbedFn | None,
+    protocols: Mapping[str, IGroundProtocol],
+    **options: Any,
+) -> EvalReport:
+    """The same predictions under several protocols side by side: the first protocol's report, the
+    others in its `alternatives` (by name), each protocol record labelled with its `preset` name.
+    Captions do not depend on the box protocol: they are scored once and reused wherever the scored
+    clips are the same. `options` are `evaluate_iground`'s."""
+    if not protocols:
+        raise ValueError("no protocol to evaluate")
+    reports: dict[str, EvalReport] = {}
+    caption_cache: dict[tuple[str, ...], CaptionScores] = {}
+    for name, protocol in protocols.items():
+        report = evaluate_iground(gt, predictions, embed, protocol, caption_cache=caption_cache, **options)
+        report.protocol["preset"] = name
+        reports[name] = report
+    primary, *others = reports.values()
+    primary.alternatives = dict(zip(list(reports)[1:], others))
+    return primary
 
 
 def evaluate_iground_files(
     gt_path: str | Path, pred_path: str | Path, split: str | None = "test",
-    protocol: IGroundProtocol = OFFICIAL, embedding_model: str = "auto", captions: bool = True,
-    recall: bool = True, progress: Progress | None = None,
+    protocol: IGroundProtocol | Mapping[str, IGroundProtocol] = OFFICIAL, embedding_model: str = "auto",
+    captions: bool = True, recall: bool = True, progress: Progress | None = None,
 ) -> EvalReport:
-    """Read GT (official raw pickle or dataset folder) and a prediction file, then `evaluate_iground`."""
+    """Read GT (official raw pickle or dataset folder) and a prediction file, then `evaluate_iground`
+    (one protocol) or `evaluate_iground_protocols` (a mapping of named protocols, the first reported first)."""
     from evaluation.embeddings import load_phrase_embedder
 
     gt = load_iground_gt(gt_path, split)
     predictions, errors = load_predictions(pred_path)
     problems = [Problem(e.key, "invalid_prediction", e.problem) for e in errors]
     embedder = load_phrase_embedder(embedding_model) if recall else None
-    return evaluate_iground(gt, predictions, embedder, protocol, embedder.describe() if embedder else "", captions,
-                            problems=problems, split=split or "test", progress=progress)
+    options = dict(embedding_model=embedder.describe() if embedder else "", captions=captions, problems=problems,
+                   split=split or "test", progress=progress)
+    if isinstance(protocol, IGroundProtocol):
+        return evaluate_iground(gt, predictions, embedder, protocol, **options)
+    return evaluate_iground_protocols(gt, predictions, embedder, protocol, **options)
 

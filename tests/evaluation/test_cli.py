@@ -63,8 +63,17 @@ def test_iground_bad_clips_are_listed_counted_and_fail_without_the_skip_flag(igr
     assert out["protocol"]["pairing"] == "official" and out["protocol"]["preset"] == "official"
     assert out["protocol"]["skip_bad_clips"] is True and out["protocol"]["objectness_threshold"] is None
     assert {"AP50", "mIoU"} <= set(out["metrics"]) and "Recall" not in out["metrics"]
-    rows = benchmark_across_checkpoints(db, "iground", metrics=["AP50"])
-    assert rows[0]["checkpoint"] == "ckpt-a" and rows[0]["value"] == pytest.approx(out["metrics"]["AP50"])
+    rows = {r["preset"]: r for r in benchmark_across_checkpoints(db, "iground", metrics=["AP50"])}
+    assert rows["official"]["checkpoint"] == "ckpt-a" and rows["official"]["value"] == pytest.approx(out["metrics"]["AP50"])
+    # both protocols, each with its interval, recorded as one run
+    corrected = out["other_protocols"]["corrected"]
+    assert corrected["protocol"]["preset"] == "corrected" and corrected["protocol"]["recall_boxes"] == "xyxy"
+    assert rows["corrected"]["value"] == pytest.approx(corrected["metrics"]["AP50"])
+    assert rows["corrected"]["run_id"] == rows["official"]["run_id"]
+    for row, part in ((rows["official"], out), (rows["corrected"], corrected)):
+        interval = part["intervals"]["AP50"]
+        assert (row["ci_low"], row["ci_high"], row["ci_resamples"], row["ci_seed"]) == pytest.approx(
+            (interval["low"], interval["high"], 1000, 0))
 
     text = runner.invoke(app, args[:-7] + ["--skip-bad-clips"])
     assert text.exit_code == 0, text.output
