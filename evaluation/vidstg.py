@@ -17,6 +17,11 @@ Predictions (JSON or pickle), per sentence: {"frame_ids": [...], "boxes": [box p
 where a box is [x1, y1, x2, y2] (or a list holding one). `sted` is needed only for tubedetr's
 temporal metrics. A sentence missing from the predictions, or missing a needed frame, is reported
 by name and left out; the others are still scored.
+
+`evaluate_vidstg_grounding` adds temporal grounding of the query to GROVE's msIoU: the predicted
+interval in seconds (`temporal: {start_s, end_s}` of a prediction) against the GT tube
+[tube_start, tube_end) / fps, scored as temporal sentence grounding is (evaluation.temporal:
+R1@0.3/0.5/0.7 = share with tIoU >= m, and mIoU; a sentence without an interval scores 0).
 """
 
 from __future__ import annotations
@@ -207,4 +212,46 @@ def evaluate_vidstg(
               **({"frames": "range(tube_start, tube_end - 1, int(fps / 5))"} if protocol == "grove" else
                  {"frames": "5 fps from [start_frame, end_frame), at most 200", "intervals": "half-open [start, end)"})}
     return EvalReport("vidstg", split, metrics, record, num_items=len(gt), num_scored=len(per_item),
+                      problems=problems, per_item=per_item)
+
+
+def temporal_ground_truth(gt: Mapping[str, VidSTGSentence]) -> dict[str, dict[str, Any]]:
+    """Each sentence's tube in seconds, [tube_start, tube_end) / fps, and its video segment's duration."""
+    return {key: {"timestamp": [s.tube_start / s.fps, s.tube_end / s.fps], "duration": (s.end_frame - s.start_frame) / s.fps}
+            for key, s in gt.items()}
+
+
+def predicted_intervals(predictions: Mapping[str, Any]) -> dict[str, list[float]]:
+    """[start_s, end_s] of each prediction that carries a temporal grounding."""
+    out = {}
+    for key, record in predictions.items():
+        temporal = record.get("temporal") if isinstance(record, Mapping) else None
+        if isinstance(temporal, Mapping) and "start_s" in temporal and "end_s" in temporal:
+            out[str(key)] = [temporal["start_s"], temporal["end_s"]]
+    return out
+
+
+def evaluate_vidstg_grounding(
+    gt: Mapping[str, VidSTGSentence], predictions: Mapping[str, Any], split: str = "test", temporal: bool = True,
+) -> EvalReport:
+    """GROVE's msIoU per qtype (protocol "grove"; `msIoU`: over all sentences) and, with `temporal`, R1@m /
+    mIoU of the predicted intervals."""
+    from evaluation.temporal import grounding_metrics
+
+    spatial = evaluate_vidstg(gt, predictions, "grove", split)
+    metrics = dict(spatial.metrics)
+    if spatial.per_item:  # one number for the stand-in's tables (the paper reports each qtype)
+        metrics["msIoU"] = float(np.mean([values["msIoU"] for values in spatial.per_item.values()]))
+    per_item = {key: dict(values) for key, values in spatial.per_item.items()}
+    problems = list(spatial.problems)
+    protocol: dict[str, Any] = {"spatial": spatial.protocol}
+    if temporal:
+        found = grounding_metrics(temporal_ground_truth(gt), predicted_intervals(predictions), split=split, benchmark="vidstg")
+        metrics.update(found.metrics)
+        for key, values in found.per_item.items():
+            per_item.setdefault(key, {}).update(values)
+        problems += found.problems
+        protocol["temporal"] = {**found.protocol, "ground_truth": "[tube_start_frame, tube_end_frame) / fps",
+                                "prediction": "longest run of frames with objectness above the threshold"}
+    return EvalReport("vidstg", split, metrics, protocol, num_items=len(gt), num_scored=spatial.num_scored,
                       problems=problems, per_item=per_item)

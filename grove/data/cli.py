@@ -30,19 +30,25 @@ def synth(
     profile: Optional[str] = typer.Option(None, "--profile", help="params.yaml profile for the defaults (default: $GROVE_PROFILE or the file's)."),
     params: Path = typer.Option(Path("params.yaml"), "--params", help="params.yaml to read the profile from; without it, built-in defaults."),
     name: str = typer.Option("synthetic", "--name", help="Dataset name in the manifest."),
+    vidstg: Optional[int] = typer.Option(None, "--vidstg", help="Clips of the VidSTG-like stand-in (default: the profile's benchmarks.vidstg.clips when its source is synthetic, else 0)."),
+    anet: Optional[int] = typer.Option(None, "--anet", help="Clips of the ActivityNet-Entities-like stand-in (default: the profile's benchmarks.anet_entities.clips when its source is synthetic, else 0)."),
+    benchmarks_out: Optional[Path] = typer.Option(None, "--benchmarks-out", help="Folder of the stand-ins (default: OUT's sibling OUT_benchmarks; never inside OUT, whose videos the pool catalog scans)."),
 ) -> None:
-    """Render the synthetic grounded-video dataset: MP4 clips, canonical tables, official pickles, frame objects."""
+    """Render the synthetic grounded-video dataset: MP4 clips, canonical tables, official pickles, frame objects;
+    and the VidSTG- and ActivityNet-Entities-like stand-ins in their official layouts."""
     from tqdm import tqdm
 
-    from grove.data import synthetic
+    from grove.data import synthetic, synthetic_benchmarks
 
     with _clear_errors():
         if params.exists():
             config = synthetic.config_from_params(params, profile)
+            standins = synthetic_benchmarks.standin_config_from_params(params, profile)
         elif profile is not None:
             raise FileNotFoundError(f"{params}: no such params file (needed for --profile {profile})")
         else:
             config = synthetic.SynthConfig()
+            standins = synthetic_benchmarks.StandinConfig(config, vidstg_clips=0, anet_entities_clips=0)
         if clips is not None:
             config = synthetic.with_split_counts(config, synthetic.split_counts_for_total(clips))
         counts = {"pool": pool, "train": train, "val": val, "test": test}
@@ -54,9 +60,16 @@ def synth(
         with tqdm(total=sum(config.split_counts.values()), unit="clip", desc="synth", mininterval=interval) as bar:
             summary = synthetic.generate_dataset(out, config, workers=workers, name=name,
                                                  progress=lambda done, _: bar.update(done - bar.n))
+        standins = synthetic_benchmarks.with_clips(dataclasses.replace(standins, render=config),
+                                                   {"vidstg": vidstg, "anet_entities": anet})
+        folder = benchmarks_out or synthetic_benchmarks.standins_folder(out)
+        made = synthetic_benchmarks.generate_standins(folder, standins, workers=workers)
     state = "already up to date" if summary.up_to_date else f"{summary.encoded} videos encoded, {summary.seconds:.1f} s"
     splits = ", ".join(f"{split} {n}" for split, n in config.split_counts.items())
     typer.echo(f"synthetic dataset: {summary.root} ({splits}; {state})")
+    for standin in made:
+        state = "already up to date" if standin.up_to_date else f"{standin.encoded} videos encoded, {standin.seconds:.1f} s"
+        typer.echo(f"{standin.benchmark} stand-in: {standin.root} ({standin.clips} clips; {state})")
 
 
 @app.command("convert")
