@@ -11,7 +11,7 @@ from grove.cli import app as model_app
 from evaluation.cli import app as eval_app
 from grove.data.cli import app as data_app
 from grove.weights.cli import app as weights_app
-from orchestration.commands import compare_command, demo_command, pipeline_app
+from orchestration.commands import compare_command, demo_command, pipeline_app, report_command
 
 app = typer.Typer(
     name="grove",
@@ -26,6 +26,7 @@ app.add_typer(annotate_app, name="annotate", help="Three-stage automatic annotat
 app.add_typer(eval_app, name="eval", help="Evaluate predictions: iGround, VidSTG, ActivityNet-Entities, temporal benchmarks.")
 app.command("demo")(demo_command)
 app.command("compare")(compare_command)
+app.command("report")(report_command)
 app.add_typer(pipeline_app, name="pipeline", help="Lineage steps of the orchestration layer, for DVC stages (iground, subset, curve).")
 
 

@@ -1,4 +1,4 @@
-"""`grove demo`, `grove compare`, and `grove pipeline ...` (the lineage steps that belong to the
+"""`grove demo`, `grove compare`, `grove report`, and `grove pipeline ...` (the lineage steps that belong to the
 orchestration layer, so that DVC's stages can run them without Dagster)."""
 
 from __future__ import annotations
@@ -58,13 +58,20 @@ def compare_command(
     scale: Optional[float] = typer.Option(
         None, "--scale", help="Multiply the metric values (default: 100 for iground_metrics, whose runs hold fractions, "
         "as `grove demo` and the paper print them; else 1)."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help=(
+        "Which protocol's numbers (e.g. official, corrected; default: the one each run reports first).")),
+    baseline: Optional[str] = typer.Option("auto", "--baseline", help=(
+        "Partition to subtract from every row, paired on the same resamples of the test clips (auto: ft_only for "
+        "iground_metrics; none: no differences).")),
     profile: Optional[str] = PROFILE_OPTION,
     params: Optional[Path] = PARAMS_OPTION,
 ) -> None:
-    """A table of metrics across MLflow runs, one row per partition (e.g. iGround metrics by pre-training size)."""
+    """A table of metrics with their intervals across MLflow runs, one row per partition (e.g. iGround metrics by
+    pre-training size), and each partition's paired difference from a baseline partition."""
     from rich.console import Console
 
-    from orchestration.compare import comparison_rows, comparison_table, default_scale, search_asset_runs
+    from orchestration.compare import (
+        PAIRED_ASSETS, comparison_rows, comparison_table, default_scale, difference_table, search_asset_runs)
     from orchestration.defs.common import FT_ONLY
     from orchestration.definitions import experiment_name
     from orchestration.profile import runs_root
@@ -83,7 +90,39 @@ def compare_command(
     columns = metric or list(chosen.get("evaluation.metrics"))
     factor = default_scale(asset) if scale is None else scale
     title = f"{asset}: MLflow experiment {mlflow.experiment}" + (f" (x{factor:g})" if factor != 1 else "")
-    Console().print(comparison_table(rows, columns, title, scale=factor))
+    title += f", {protocol} protocol" if protocol else ""
+    console = Console()
+    console.print(comparison_table(rows, columns, title, scale=factor, preset=protocol))
+    if baseline == "auto":
+        baseline = FT_ONLY if asset in PAIRED_ASSETS and not all_runs and any(r.partition == FT_ONLY for r in rows) else "none"
+    if baseline != "none":
+        try:
+            console.print(difference_table(client, rows, columns, baseline, protocol, factor))
+        except ValueError as exc:
+            _fail(str(exc))
+
+
+def report_command(
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default: the runs root's reports/results.html)."),
+    examples: int = typer.Option(3, "--examples", help="Test clips drawn with their predicted and true boxes."),
+    dagster_url: str = typer.Option("http://127.0.0.1:3000", "--dagster-url", help="Where the Dagster UI serves, for the links."),
+    profile: Optional[str] = PROFILE_OPTION,
+    params: Optional[Path] = PARAMS_OPTION,
+) -> None:
+    """One self-contained HTML page of a run: benchmark tables with intervals, the scaling plot, the annotation's
+    quality, grounded captions beside the ground truth; rows link to their MLflow runs and Dagster assets."""
+    from orchestration.definitions import experiment_name
+    from orchestration.profile import runs_root
+    from orchestration.resources import MlflowResource
+    from orchestration.results_page import write_results_page
+
+    chosen = _profile(profile, params)
+    root = runs_root(chosen)
+    if not (root / "metrics").is_dir():
+        _fail(f"{root / 'metrics'}: no metrics yet (run `grove demo` or materialise the lineage first)")
+    mlflow = MlflowResource.local(root, experiment_name(chosen)) if (root / "mlflow.db").exists() else None
+    page = write_results_page(chosen, root, out, mlflow=mlflow, examples=examples, dagster_url=dagster_url)
+    typer.echo(f"results page: {page}")
 
 
 @pipeline_app.command("iground")

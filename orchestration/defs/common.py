@@ -20,6 +20,7 @@ OWNERS = {
     "scaling": ["team:grove-training"],
     "models": ["team:grove-training"],
     "evaluation": ["team:grove-evaluation"],
+    "reports": ["team:grove-evaluation"],
 }
 
 # Partitions of the fine-tuned models and their evaluation: one per pre-training size, plus the

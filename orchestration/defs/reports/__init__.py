@@ -1,0 +1,1 @@
+"""Dagster definitions of one domain of the lineage."""
