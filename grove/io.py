@@ -1,4 +1,5 @@
-"""Atomic file writes: a killed run never leaves a half-written file that a later run trusts."""
+"""Atomic file writes (a killed run never leaves a half-written file that a later run trusts), and the
+portable paths that outputs record instead of absolute ones."""
 
 from __future__ import annotations
 
@@ -41,3 +42,21 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write JSON with sorted keys, so equal objects give byte-identical files."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+# Paths inside outputs. A file that an output folder holds (and DVC versions) never records an
+# absolute path: it names other files relative to a stated folder (the folder that holds the file,
+# unless its docstring says otherwise), so the folder's bytes, and its DVC hash, do not depend on
+# where the checkout or the runs root lies. Readers join the recorded path onto that folder.
+
+
+def portable_path(target: str | os.PathLike[str], start: str | os.PathLike[str]) -> str:
+    """`target` relative to the folder `start` (POSIX separators; both resolved first, so links and
+    `..` do not matter): what an output records instead of an absolute path."""
+    return Path(os.path.relpath(Path(target).resolve(), Path(start).resolve())).as_posix()
+
+
+def resolve_recorded(recorded: str | os.PathLike[str], start: str | os.PathLike[str]) -> Path:
+    """The path a `portable_path` names, seen from `start` (an absolute path, as older outputs hold, is kept)."""
+    path = Path(recorded)
+    return path if path.is_absolute() else Path(start) / path

@@ -248,11 +248,42 @@ class DvcError(RuntimeError):
     """A DVC command failed; the message names the command, the repository and DVC's own error."""
 
 
-def dvc_md5(path: str | os.PathLike[str]) -> str:
+DVCIGNORE = ".dvcignore"
+
+
+def dvc_ignore_patterns(repo: str | os.PathLike[str] = REPO_ROOT) -> tuple[str, ...]:
+    """The repository's .dvcignore patterns (names inside outputs that DVC leaves out of their hashes).
+
+    Only the subset of the gitignore syntax that a name-level match reproduces exactly is accepted:
+    a file or folder name, globs allowed, no '/', no '!'. Anything else is refused rather than
+    matched differently from DVC, which would give Dagster data versions that dvc.lock never has.
+    """
+    path = Path(repo) / DVCIGNORE
+    if not path.is_file():
+        return ()
+    patterns = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        if pattern.startswith("!") or "/" in pattern.rstrip("/") or "**" in pattern:
+            raise ValueError(f"{path}:{number}: {pattern!r}: dvc_md5 supports only name patterns (no '/', '!' or '**')")
+        patterns.append(pattern.rstrip("/"))
+    return tuple(patterns)
+
+
+def _ignored(relpath: str, patterns: Sequence[str]) -> bool:
+    import fnmatch
+
+    return any(fnmatch.fnmatchcase(part, pattern) for part in relpath.split("/") for pattern in patterns)
+
+
+def dvc_md5(path: str | os.PathLike[str], ignore: Sequence[str] | None = None) -> str:
     """The hash DVC 3 records for an output, computed without DVC.
 
     A file: the md5 of its bytes. A directory: the md5 of the JSON list of its files'
-    `{"md5", "relpath"}` sorted by relpath, with the `.dir` suffix (dvc_data's Tree.digest).
+    `{"md5", "relpath"}` sorted by relpath, with the `.dir` suffix (dvc_data's Tree.digest), leaving
+    out what `.dvcignore` names (`ignore`: those patterns; default: the repository's), as DVC does.
     Shard partitions use it directly: DVC versions the whole shard folder, not each shard.
     """
     path = Path(path)
@@ -260,10 +291,11 @@ def dvc_md5(path: str | os.PathLike[str]) -> str:
         return _file_md5(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or directory to hash")
+    patterns = dvc_ignore_patterns() if ignore is None else tuple(ignore)
     entries = [
-        {"md5": _file_md5(file), "relpath": file.relative_to(path).as_posix()}
+        {"md5": _file_md5(file), "relpath": relpath}
         for file in path.rglob("*")
-        if file.is_file()
+        if file.is_file() and not _ignored(relpath := file.relative_to(path).as_posix(), patterns)
     ]
     entries.sort(key=lambda entry: entry["relpath"])
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"

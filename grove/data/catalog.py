@@ -7,8 +7,15 @@ OUT/
   catalog.parquet   one row per accepted video (CATALOG_SCHEMA), sorted by relative path
   rejects.parquet   path, reason, detail (REJECT_SCHEMA): every file that did not make it, and why
   clips.parquet     canonical clip table (grove.data.schema) over the accepted videos
+  catalog_stamps.parquet  each accepted file's size and modification time when probed: a cache
+                    for re-runs, not data (.dvcignore keeps it out of the folder's DVC hash)
   catalog.json      videos root, source, counts, frame_objects (written last: its presence means done)
 ```
+Paths in the catalog are portable (grove.io.portable_path): catalog.json's videos root, annotation
+file and frame records, and catalog.parquet's `video_path`, are relative to OUT; `relative_path`,
+the clips' `video_path` and the rejects' `path` are relative to the videos root. Nothing in OUT
+but the stamps cache depends on where the folders lie or when the files were written, so the
+same videos give a byte-identical catalog in any checkout.
 
 Which files: every file under the videos root whose name ends in one of `VIDEO_EXTENSIONS`, plus
 every file an annotation names (annotation video paths are relative to the videos root, as in the
@@ -29,7 +36,7 @@ do not decode); duplicate (same content hash as an accepted file earlier in path
 error (anything else, with the exception in `detail`).
 
 Re-runs reuse the accepted rows of the previous catalog in OUT whose file has the same size and
-modification time, so adding videos to a large folder probes only the new ones.
+modification time (catalog_stamps.parquet), so adding videos to a large folder probes only the new ones.
 """
 
 from __future__ import annotations
@@ -63,7 +70,7 @@ from grove.data.video import (
     WorkerDied,
     WorkerTimeout,
 )
-from grove.io import atomic_write_json
+from grove.io import atomic_write_json, portable_path, resolve_recorded
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +78,7 @@ CATALOG = "catalog.parquet"
 REJECTS = "rejects.parquet"
 CLIPS = "clips.parquet"
 MANIFEST = "catalog.json"
+STAMPS = "catalog_stamps.parquet"
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp")
 
@@ -88,10 +96,9 @@ ERROR = "error"
 CATALOG_SCHEMA = pa.schema(
     [
         pa.field("video_id", pa.string(), nullable=False),
-        pa.field("video_path", pa.string(), nullable=False),  # absolute
+        pa.field("video_path", pa.string(), nullable=False),  # relative to the catalog folder
         pa.field("relative_path", pa.string(), nullable=False),  # to the videos root; clip tables use this
         pa.field("size_bytes", pa.int64(), nullable=False),
-        pa.field("mtime_ns", pa.int64(), nullable=False),
         pa.field("content_hash", pa.string(), nullable=False),  # blake2b-128 of the file's bytes, hex
         pa.field("duration_s", pa.float64(), nullable=False),
         pa.field("fps", pa.float64(), nullable=False),
@@ -105,9 +112,18 @@ CATALOG_SCHEMA = pa.schema(
 
 REJECT_SCHEMA = pa.schema(
     [
-        pa.field("path", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),  # relative to the videos root (as an annotation names it)
         pa.field("reason", pa.string(), nullable=False),
         pa.field("detail", pa.string(), nullable=False),
+    ]
+)
+
+# When each accepted file was probed: size and modification time, the re-run's test for "unchanged".
+STAMP_SCHEMA = pa.schema(
+    [
+        pa.field("relative_path", pa.string(), nullable=False),
+        pa.field("size_bytes", pa.int64(), nullable=False),
+        pa.field("mtime_ns", pa.int64(), nullable=False),
     ]
 )
 
@@ -367,18 +383,25 @@ def _read_source(
 
 
 def _previous_rows(out: Path, root: Path) -> dict[str, dict[str, Any]]:
-    """Accepted rows of an earlier catalog of the same folder, by relative path."""
-    manifest_path, catalog_path = out / MANIFEST, out / CATALOG
-    if not (manifest_path.exists() and catalog_path.exists()):
+    """Accepted rows of an earlier catalog of the same folder, by relative path, with their stamps
+    (rows without a stamp, e.g. a catalog checked out by DVC without its cache, are probed again)."""
+    manifest_path, catalog_path, stamps_path = out / MANIFEST, out / CATALOG, out / STAMPS
+    if not (manifest_path.exists() and catalog_path.exists() and stamps_path.exists()):
         return {}
     try:
-        if json.loads(manifest_path.read_text()).get("videos_root") != str(root):
+        recorded = json.loads(manifest_path.read_text()).get("videos_root")
+        if recorded is None or resolve_recorded(recorded, out).resolve() != root:
             return {}
         table = read_table(catalog_path, CATALOG_SCHEMA)
+        stamps = {row["relative_path"]: row for row in read_table(stamps_path, STAMP_SCHEMA).to_pylist()}
     except (ValueError, OSError) as exc:  # an unreadable old catalog is just not reused
         logger.warning("%s: not reusing the previous catalog: %s", out, exc)
         return {}
-    return {row["relative_path"]: row for row in table.to_pylist()}
+    return {
+        row["relative_path"]: row | {"mtime_ns": stamps[row["relative_path"]]["mtime_ns"]}
+        for row in table.to_pylist()
+        if row["relative_path"] in stamps and stamps[row["relative_path"]]["size_bytes"] == row["size_bytes"]
+    }
 
 
 def _reusable(path: Path, row: dict[str, Any] | None) -> Probe | None:
@@ -417,19 +440,24 @@ def _video_ids(clips: pa.Table | None) -> dict[str, str]:
     return dict(zip(clips["video_path"].to_pylist(), clips["video_id"].to_pylist()))
 
 
-def _catalog_table(accepted: list[Probe], video_ids: dict[str, str]) -> pa.Table:
+def _catalog_table(accepted: list[Probe], video_ids: dict[str, str], out: Path) -> pa.Table:
     rows = []
     for probe in accepted:
         meta = probe.metadata
         assert meta is not None  # accepted probes carry metadata
         rows.append({
             "video_id": video_ids.get(probe.relative_path, str(Path(probe.relative_path).with_suffix("").as_posix())),
-            "video_path": probe.path, "relative_path": probe.relative_path, "size_bytes": probe.size_bytes,
-            "mtime_ns": probe.mtime_ns, "content_hash": probe.content_hash, "duration_s": meta.duration_s,
+            "video_path": portable_path(probe.path, out), "relative_path": probe.relative_path,
+            "size_bytes": probe.size_bytes, "content_hash": probe.content_hash, "duration_s": meta.duration_s,
             "fps": meta.fps, "num_frames": meta.num_frames, "width": meta.width, "height": meta.height,
             "codec": meta.codec, "container": probe.container,
         })
     return pa.Table.from_pylist(rows, schema=CATALOG_SCHEMA)
+
+
+def _stamp_table(accepted: list[Probe]) -> pa.Table:
+    rows = [{"relative_path": p.relative_path, "size_bytes": p.size_bytes, "mtime_ns": p.mtime_ns} for p in accepted]
+    return pa.Table.from_pylist(rows, schema=STAMP_SCHEMA)
 
 
 def _whole_video_clips(catalog: pa.Table, dataset: str) -> pa.Table:
@@ -459,8 +487,14 @@ def _missing_rejects(root: Path, clips: pa.Table, present: set[str]) -> list[Pro
     ]
 
 
-def _reject_table(rejects: list[Probe]) -> pa.Table:
-    rows = [{"path": p.path, "reason": p.reason, "detail": p.detail} for p in sorted(rejects, key=lambda p: p.path)]
+def _reject_table(rejects: list[Probe], root: Path) -> pa.Table:
+    """Paths relative to the videos root, in the details too (FFmpeg's messages quote the file's full path)."""
+    rejects = sorted(rejects, key=lambda p: p.relative_path)
+    rows = [
+        {"path": p.relative_path, "reason": p.reason,
+         "detail": p.detail.replace(p.path, p.relative_path).replace(f"{root}/", "")}
+        for p in rejects
+    ]
     return pa.Table.from_pylist(rows, schema=REJECT_SCHEMA)
 
 
@@ -514,19 +548,21 @@ def build_catalog(
     if source.clips is not None:
         rejects += _missing_rejects(root, source.clips, present)
 
-    catalog = _catalog_table(accepted, _video_ids(source.clips))
+    catalog = _catalog_table(accepted, _video_ids(source.clips), out)
     clips, clip_counts = _clips_of(source, catalog, root)
     reasons = pc.value_counts(pa.array([p.reason for p in rejects], pa.string())).to_pylist()
     by_reason = {item["values"]: item["counts"] for item in sorted(reasons, key=lambda r: r["values"])}
 
     write_table(catalog, out / CATALOG, CATALOG_SCHEMA)
-    write_table(_reject_table(rejects), out / REJECTS, REJECT_SCHEMA)
+    write_table(_reject_table(rejects, root), out / REJECTS, REJECT_SCHEMA)
     write_clips(clips, out / CLIPS)
+    write_table(_stamp_table(accepted), out / STAMPS, STAMP_SCHEMA)
     atomic_write_json(out / MANIFEST, {
-        "videos_root": str(root),
+        "videos_root": portable_path(root, out),
         "source": source.kind,
-        "annotations": source.description or None,
-        "frame_objects": source.frame_objects,
+        "annotations": {**source.description, "path": portable_path(source.description["path"], out)}
+        if source.description else None,
+        "frame_objects": portable_path(source.frame_objects, out) if source.frame_objects else None,
         "counts": {"files": len(files), "videos": catalog.num_rows, "rejects": len(rejects),
                    "rejects_by_reason": by_reason, **clip_counts},
         "options": {"full_decode": full_decode, "timeout_s": timeout_s, "extensions": sorted(extensions)},

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from grove.data.catalog import (
     CATALOG_SCHEMA,
     REJECT_SCHEMA,
+    STAMPS,
     build_catalog,
     probe_file,
     probe_files,
@@ -93,7 +94,8 @@ def test_catalog_rows_match_what_a_reader_sees_and_duckdb_queries_them(scanned):
         meta = reader.metadata
     assert (good["num_frames"], good["fps"], good["duration_s"]) == (meta.num_frames, meta.fps, meta.duration_s)
     assert (good["width"], good["height"], good["codec"], good["video_id"]) == (128, 96, "h264", "good")
-    assert good["video_path"] == str(videos / "good.mp4") and Path(good["video_path"]).is_absolute()
+    # paths are relative to the catalog folder, so the catalog's bytes do not depend on where it lies
+    assert not Path(good["video_path"]).is_absolute() and (out / good["video_path"]).resolve() == (videos / "good.mp4").resolve()
     assert good["size_bytes"] == (videos / "good.mp4").stat().st_size and len(good["content_hash"]) == 32
     assert rows["nested/vfr.mp4"]["video_id"] == "nested/vfr"
     [(count, frames)] = duckdb.sql(
@@ -139,7 +141,7 @@ def test_rejects_table_and_manifest(scanned):
     videos, out = scanned
     assert pq.read_table(out / "rejects.parquet").schema.equals(REJECT_SCHEMA, check_metadata=False)
     manifest = json.loads((out / "catalog.json").read_text())
-    assert manifest["videos_root"] == str(videos) and manifest["source"] == "directory"
+    assert manifest["videos_root"] == "../videos" and manifest["source"] == "directory"
     assert manifest["frame_objects"] is None
     assert manifest["counts"]["files"] == 12 and manifest["counts"]["videos"] == 2
     assert sum(manifest["counts"]["rejects_by_reason"].values()) == manifest["counts"]["rejects"] == 10
@@ -217,7 +219,8 @@ def test_synthetic_dataset_folder_gives_its_clips_and_frame_objects(tmp_path):
     write_clips(clip_table([row]), root / "clips.parquet")
     build_catalog(root, tmp_path / "out", workers=1)
     manifest = json.loads((tmp_path / "out" / "catalog.json").read_text())
-    assert manifest["source"] == "synthetic" and manifest["frame_objects"] == str(root / "frame_objects.parquet")
+    assert manifest["source"] == "synthetic" and manifest["frame_objects"] == "../synthetic/frame_objects.parquet"
+    assert manifest["annotations"] == {"path": "../synthetic/clips.parquet"}
     assert read_clips(tmp_path / "out" / "clips.parquet").to_pylist() == read_clips(root / "clips.parquet").to_pylist()
     catalog = pq.read_table(tmp_path / "out" / "catalog.parquet").to_pylist()
     assert [(c["relative_path"], c["video_id"]) for c in catalog] == [("videos/clip_a.mp4", "a")]
@@ -277,3 +280,37 @@ def test_ingest_command(tmp_path):
     assert "1 videos, 1 clips; rejects: not_video 1" in result.output
     missing = CliRunner().invoke(app, ["data", "ingest", "--videos", str(tmp_path / "nope"), "--out", str(tmp_path)])
     assert missing.exit_code == 1 and "no such folder of videos" in missing.output
+
+
+def test_catalog_outputs_hold_no_absolute_path_and_match_in_another_folder(tmp_path, scanned):
+    """The same videos cataloged in two folders, written at different times, give byte-identical
+    catalog files (what DVC versions); only the stamps cache (in .dvcignore) differs."""
+    from orchestration.resources import dvc_ignore_patterns, dvc_md5
+
+    videos, out = scanned
+    for name in ("catalog.parquet", "rejects.parquet", "clips.parquet", "catalog.json"):
+        assert str(videos.parent).encode() not in (out / name).read_bytes(), name
+    elsewhere = tmp_path / "deeper" / "clone"
+    for root in (videos.parent, elsewhere):  # a second copy, written later: other paths, other mtimes
+        (root / "v").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(videos / "good.mp4", root / "v" / "good.mp4")
+        (root / "v" / "empty.mp4").write_bytes(b"")
+        build_catalog(root / "v", root / "cat", workers=1)
+    first, second = videos.parent / "cat", elsewhere / "cat"
+    for name in ("catalog.parquet", "rejects.parquet", "clips.parquet", "catalog.json"):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    assert (first / STAMPS).read_bytes() != (second / STAMPS).read_bytes()  # mtimes: a cache, not data
+    assert "catalog_stamps.parquet" in dvc_ignore_patterns()
+    assert dvc_md5(first) == dvc_md5(second)
+
+
+def test_rerun_without_the_stamps_cache_probes_again(tmp_path):
+    videos, out = tmp_path / "videos", tmp_path / "out"
+    videos.mkdir()
+    write_video(videos / "a.mp4", GOOD)
+    build_catalog(videos, out, workers=1)
+    catalog = (out / "catalog.parquet").read_bytes()
+    assert build_catalog(videos, out, workers=1).reused == 1
+    (out / STAMPS).unlink()  # e.g. a catalog that `dvc checkout` restored: DVC does not keep the cache
+    assert build_catalog(videos, out, workers=1).reused == 0
+    assert (out / "catalog.parquet").read_bytes() == catalog

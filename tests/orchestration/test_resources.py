@@ -2,6 +2,7 @@
 
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,7 @@ from orchestration.resources import (
     PipelinePaths,
     TorchrunLauncher,
     combine_versions,
+    dvc_ignore_patterns,
     dvc_md5,
 )
 
@@ -59,6 +61,26 @@ def test_dvc_md5_equals_the_hash_dvc_records(tmp_path):
     assert dvc.locked_hashes()["data/file.bin"] == file_version
     # Without DVC the same versions come from dvc_md5, so data versions never depend on DVC being there.
     assert DvcResource(repo=str(repo), enabled=False).record("folder", [repo / "data" / "folder"]) == folder_version
+
+
+def test_dvc_md5_leaves_out_what_dvcignore_names_as_dvc_does(tmp_path):
+    """Caches inside outputs (file stamps: mtimes) are in the project's .dvcignore; DVC's hash and
+    dvc_md5 both leave them out, so they never change a data version."""
+    repo = _dvc_repo(tmp_path, {"folder": ["data/folder"]})
+    shutil.copyfile(REPO_ROOT / ".dvcignore", repo / ".dvcignore")
+    folder = repo / "data" / "folder"
+    _write_tree(folder)
+    without = dvc_md5(folder)
+    (folder / "catalog_stamps.parquet").write_bytes(b"mtimes")
+    (folder / "sub" / "catalog_seen.json").write_text("{}")
+    dvc = DvcResource(repo=str(repo), executable=DVC)
+    assert dvc.record("folder", [folder]) == dvc_md5(folder, ignore=dvc_ignore_patterns(repo)) == dvc_md5(folder) == without
+    (folder / "sub" / "catalog_seen.json").write_text('{"changed": 1}')
+    assert dvc.record("folder", [folder]) == without
+    assert set(dvc_ignore_patterns()) >= {"catalog_stamps.parquet", "catalog_seen.json"}
+    (repo / ".dvcignore").write_text("# a comment\n\nsub/deeper\n")
+    with pytest.raises(ValueError, match="only name patterns"):
+        dvc_ignore_patterns(repo)
 
 
 def test_dvc_commands_are_serialised_across_threads(tmp_path):

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from grove.data.dataset import BOXES_PROCESSED, BOXES_RAW, CLIPS, DatasetPaths, load_dataset, read_manifest, write_manifest
 from grove.data.schema import read_boxes, write_boxes, write_clips
+from grove.io import portable_path
 
 
 class SubsetError(ValueError):
@@ -74,7 +75,7 @@ def write_subset(
     key_set = pa.array(keys, pa.string())
 
     clips = pool.clips.filter(pc.is_in(pool.clips["key"], value_set=key_set)).sort_by("key")
-    relative = [_relative_video_path(pool.video_file(path), out_dir) for path in clips["video_path"].to_pylist()]
+    relative = [portable_path(pool.video_file(path), out_dir) for path in clips["video_path"].to_pylist()]
     clips = clips.set_column(clips.schema.get_field_index("video_path"), "video_path", pa.array(relative, pa.string()))
     write_clips(clips, out_dir / CLIPS)
 
@@ -112,11 +113,7 @@ def rebase_video_paths(dataset_dir: str | os.PathLike[str], video_root: str | os
     home = Path(home) if home is not None else dataset_dir
     clips = read_clips(dataset_dir / CLIPS)
     old = clips["video_path"].to_pylist()
-    new = [path if Path(path).is_absolute() else _relative_video_path(video_root / path, home) for path in old]
+    new = [path if Path(path).is_absolute() else portable_path(video_root / path, home) for path in old]
     clips = clips.set_column(clips.schema.get_field_index("video_path"), "video_path", pa.array(new, pa.string()))
     write_clips(clips, dataset_dir / CLIPS)
     return sum(a != b for a, b in zip(old, new))
-
-
-def _relative_video_path(video_file: Path, out_dir: Path) -> str:
-    return Path(os.path.relpath(video_file.resolve(), out_dir.resolve())).as_posix()
