@@ -22,9 +22,13 @@ import yaml
 from grove.io import atomic_write_text
 from orchestration.lineage import LineageReport, StepOutcome
 from orchestration.profile import PARAMS_FILE, REPO_ROOT, Profile, load_profile, runs_root
-from orchestration.report import ScalingPoint, metric_table
+from orchestration.report import SEPARATES, Cell, ScalingPoint, metric_table
 
 log = logging.getLogger(__name__)
+
+# what each protocol of the demo's tables is (evaluation/iground.py's presets)
+PROTOCOL_NOTES = {"official": "GROVE's evaluator, as the paper reports",
+                  "corrected": "xyxy recall boxes, by-query pairing, objectness AP scores, clips without GT left out"}
 
 
 def instance_settings(home: Path, gpu_slots: int) -> dict[str, Any]:
@@ -77,6 +81,8 @@ class DemoResult:
     report: LineageReport
     rows: list[ScalingPoint]
     metrics: list[str]
+    differences: dict[str, list[tuple[str, dict[str, Cell]]]]  # per protocol: each size minus FT-only (x100), paired
+    bootstrap: dict[str, Any]  # how the intervals were drawn (evaluation.bootstrap.BootstrapSettings.to_dict)
     plot: Path
     experiment: str
     mlflow_store: str
@@ -96,12 +102,22 @@ class DemoResult:
 
     def print(self, console: Any) -> None:
         split = self.profile.get("inference.split")
-        table = metric_table(
-            [(p.label, {m: 100 * v for m, v in p.metrics.items()}) for p in self.rows],
-            self.metrics,
-            f"iGround {split} (x100) by pre-training size — profile '{self.profile.name}'",
-        )
-        console.print(table)
+        drawn = (f"[low, high]: {100 * self.bootstrap['confidence']:g}% percentile interval over the test clips, "
+                 f"{self.bootstrap['resamples']} resamples, seed {self.bootstrap['seed']}") if self.bootstrap.get("resamples") else None
+        for protocol in self.rows[0].protocols if self.rows else []:
+            note = PROTOCOL_NOTES.get(protocol, protocol)
+            console.print(metric_table(
+                [(p.label, p.under(protocol).cells(100.0)) for p in self.rows],
+                self.metrics,
+                f"iGround {split} (x100) by pre-training size, {protocol} protocol ({note}) — profile '{self.profile.name}'",
+                caption=drawn,
+            ))
+            if self.differences.get(protocol):
+                console.print(metric_table(
+                    self.differences[protocol], self.metrics,
+                    f"minus FT-only, paired on the same resamples ({protocol} protocol)",
+                    caption=f"{SEPARATES}: the interval excludes 0 (the difference separates); others do not separate",
+                ))
         console.print(
             f"lineage: {self.report.materialised} asset partitions materialised, {self.report.reused} steps reused "
             f"as up to date, in {self.seconds / 60:.1f} min"
@@ -140,7 +156,8 @@ def run_demo(profile: Profile | str = "demo", console: Any = None, root: Path | 
     import dagster as dg
 
     from orchestration.definitions import build_definitions, dvc_enabled, experiment_name
-    from orchestration.defs.evaluation.assets import CURVE_PLOT, scaling_points
+    from evaluation.bootstrap import BootstrapSettings
+    from orchestration.defs.evaluation.assets import CURVE_PLOT, differences_vs_ft_only, scaling_points
     from orchestration.lineage import lineage_groups, materialize_lineage, quiet_preview_warnings, recover_interrupted_runs
     from orchestration.resources import LAYOUT, DvcResource, MlflowResource, PipelinePaths
     from orchestration.sensors import sync_shard_partitions
@@ -173,13 +190,16 @@ def run_demo(profile: Profile | str = "demo", console: Any = None, root: Path | 
             DvcResource().run("push", "--quiet")
             pushed = f"outputs pushed to the local remote {REPO_ROOT / 'runs' / 'dvc-store'}"
     mlflow = MlflowResource.local(root, experiment_name(profile))
+    rows, metrics = scaling_points(profile, paths), list(profile.get("evaluation.metrics"))
     return DemoResult(
         profile=profile,
         root=root,
         seconds=time.perf_counter() - started,
         report=report,
-        rows=scaling_points(profile, paths),
-        metrics=list(profile.get("evaluation.metrics")),
+        rows=rows,
+        metrics=metrics,
+        differences=differences_vs_ft_only(profile, paths, rows[0].protocols if rows else [], metrics),
+        bootstrap=BootstrapSettings.from_mapping(profile.get("evaluation.bootstrap", None)).to_dict(),
         plot=paths.path("reports", CURVE_PLOT),
         experiment=mlflow.experiment,
         mlflow_store=mlflow.store_uri,

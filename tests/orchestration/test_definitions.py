@@ -152,3 +152,14 @@ def test_dvc_predict_stages_pass_every_inference_parameter_of_the_profile():
     for command in (stages["predict"]["do"]["cmd"], stages["predict_ft_only"]["cmd"]):
         for field in profile.get("inference"):
             assert f"{flag_of.get(field, '--' + field)} ${{demo.inference.{field}}}" in command, field
+
+
+def test_dvc_evaluate_stages_pass_the_bootstrap_settings_of_the_profile():
+    """The metrics asset draws intervals with evaluation.bootstrap; DVC's `grove eval iground` must draw the same."""
+    profile = load_profile("demo")
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    flag_of = {"resamples": "--bootstrap-resamples", "seed": "--bootstrap-seed", "confidence": "--confidence"}
+    for stage in (stages["evaluate"]["do"], stages["evaluate_ft_only"]):
+        assert "demo.evaluation.bootstrap" in stage["params"]
+        for field in profile.get("evaluation.bootstrap"):
+            assert f"{flag_of[field]} ${{demo.evaluation.bootstrap.{field}}}" in stage["cmd"], field

@@ -108,16 +108,32 @@ def test_models_group_trains_through_pipes_into_mlflow(lineage):
     assert champion.tags["partition"] == latest(instance, "champion_model").metadata["chosen"].value
 
 
-def test_evaluation_group_scores_every_variant_and_draws_the_curve(lineage):
+def test_evaluation_group_scores_every_variant_and_draws_the_curve(lineage, tiny_profile):
     result, _, paths, instance = lineage
+    bootstrap = tiny_profile.get("evaluation.bootstrap")
     for variant in ("s", "ft_only"):
         report = json.loads(paths.path("metrics", "iground", f"{variant}.json").read_text())
         assert set(HEADLINE) <= set(report["metrics"]) and report["counts"]["scored"] == 2
         assert check_passed(instance, "iground_metrics", "metrics_finite_in_range", variant)
+        # both protocols, labelled, each metric with its interval and what drew it
+        corrected = report["other_protocols"]["corrected"]
+        assert report["protocol"]["preset"] == "official" and corrected["protocol"]["preset"] == "corrected"
+        for part in (report, corrected):
+            assert set(HEADLINE) <= set(part["intervals"]) and len(part["clip_statistics"]["keys"]) == 2
+            assert all((i["resamples"], i["seed"], i["confidence"]) == (bootstrap["resamples"], bootstrap["seed"],
+                                                                         bootstrap["confidence"]) for i in part["intervals"].values())
+        metadata = latest(instance, "iground_metrics", variant).metadata
+        assert {"CIDEr", "CIDEr.ci_low", "CIDEr.ci_high", "corrected.Recall.ci_high"} <= set(metadata)
+        assert "| corrected |" in metadata["metrics"].value
     with duckdb.connect(str(paths.path("metrics", "metrics.duckdb")), read_only=True) as con:
         assert con.execute("select count(distinct checkpoint) from metrics").fetchone()[0] == 2
+        rows = con.execute("select preset, count(*), count(ci_low) from metrics group by preset order by preset").fetchall()
+        assert [(preset, n == bounded) for preset, n, bounded in rows] == [("corrected", True), ("official", True)]
     assert result.plot.exists() and result.plot.stat().st_size > 1000
     assert [row.label for row in result.rows] == ["s (4)", "FT-only"]
+    assert [row.protocols for row in result.rows] == [["official", "corrected"]] * 2
+    curve = latest(instance, "data_scaling_curve").metadata
+    assert "vs FT-only (official)" in curve and "| s (4) |" in curve["vs FT-only (corrected)"].value
 
 
 def test_a_second_demo_reuses_everything(lineage, tiny_profile):
@@ -132,11 +148,22 @@ def test_the_demo_prints_the_table_the_plot_the_experiment_and_working_ui_comman
     console = Console(record=True, width=400)
     result.print(console)
     text = console.export_text()
-    header = next(line for line in text.splitlines() if "METEOR" in line)
-    assert [cell.strip() for cell in header.split("┃")[1:6]] == ["pre-training", *HEADLINE]
-    for row in result.rows:  # the rows: pre-training sizes, then FT-only, metrics x100
-        (line,) = [line for line in text.splitlines() if line.startswith(f"│ {row.label} ")]
-        assert [cell.strip() for cell in line.split("│")[2:6]] == [f"{100 * row.metrics[name]:.2f}" for name in HEADLINE]
+    headers = [line for line in text.splitlines() if "METEOR" in line]
+    assert [cell.strip() for cell in headers[0].split("┃")[1:6]] == ["pre-training", *HEADLINE]
+    # per protocol: the table (sizes, then FT-only; x100 with intervals), then the sizes' paired differences
+    for index, protocol in enumerate(("official", "corrected")):
+        assert f"{protocol} protocol (" in text
+        for row in result.rows:
+            lines = [line for line in text.splitlines() if line.startswith(f"│ {row.label} ")]
+            cells = [cell.strip() for cell in lines[2 * index].split("│")[2:6]]
+            part = row.under(protocol)
+            assert cells == [f"{100 * part.metrics[m]:.2f} [{100 * part.intervals[m][0]:.2f}, {100 * part.intervals[m][1]:.2f}]"
+                             for m in HEADLINE]
+        (difference,) = result.differences[protocol]
+        assert difference[0] == "s (4)"
+        assert all(difference[1][m].value == pytest.approx(100 * (result.rows[0].under(protocol).metrics[m]
+                                                                  - result.rows[1].under(protocol).metrics[m])) for m in HEADLINE)
+    assert "95% percentile interval over the test clips, 1000 resamples, seed 0" in text
     assert f"data-scaling plot: {result.plot}" in text and f"MLflow experiment: 'grove-tiny' in sqlite:///{root}" in text
     dagster_dev, mlflow_ui = result.ui_commands()
     assert dagster_dev in text and mlflow_ui in text and mlflow_ui.endswith(f"ui --backend-store-uri sqlite:///{root / 'mlflow.db'} --port 5000")
@@ -159,9 +186,18 @@ def test_compare_prints_metrics_by_partition(lineage, tiny_profile, monkeypatch)
     assert all(name in output.output for name in HEADLINE) and "(x100)" in output.output
     result = lineage[0]
     for row, partition in zip(result.rows, ("s", "ft_only")):  # the same values as grove demo's table (x100)
-        (line,) = [line for line in lines if f" {partition} " in line]
+        line = [line for line in lines if f" {partition} " in line][0]
         cells = [cell.strip() for cell in line.split("│")[2:6]]
-        assert cells == [f"{100 * row.metrics[name]:.2f}" for name in HEADLINE], (partition, cells)
+        assert cells == [str(row.cells(100.0)[name]) for name in HEADLINE], (partition, cells)
+    # the paired differences from FT-only: the same as the demo's
+    assert "minus ft_only, paired on the same resamples" in output.output
+    (line,) = [line for line in lines if line.startswith("│ s ") and "[" in line][1:]
+    assert [cell.strip() for cell in line.split("│")[2:6]] == [str(result.differences["official"][0][1][m]) for m in HEADLINE]
+    corrected = CliRunner().invoke(app, ["compare", "--profile", "tiny", "--params", str(tiny_profile.params_file),
+                                         "--protocol", "corrected", "--baseline", "none"])
+    assert corrected.exit_code == 0 and "corrected protocol" in corrected.output and "minus" not in corrected.output
+    line = [line for line in corrected.output.splitlines() if line.startswith("│ s ")][0]
+    assert [cell.strip() for cell in line.split("│")[2:6]] == [str(result.rows[0].under("corrected").cells(100.0)[m]) for m in HEADLINE]
 
 
 def test_dvc_side_commands_rebuild_byte_identical_subsets_and_the_same_curve(lineage, tiny_profile, monkeypatch):
@@ -178,8 +214,11 @@ def test_dvc_side_commands_rebuild_byte_identical_subsets_and_the_same_curve(lin
     assert json.loads(paths.path("reports", "data_scaling.json").read_text()) == table
     # dvc.yaml's `evaluate` stage: `grove eval iground --json > metrics/iground/<variant>.json`, byte for byte the asset's file.
     profile = tiny_profile
+    bootstrap = profile.get("evaluation.bootstrap")
     evaluate = ["eval", "iground", "--gt", str(paths.path("iground")), "--pred", str(paths.path("predictions", "s.json")),
-                "--split", str(profile.get("inference.split")), "--threshold", str(profile.get("inference.objectness_threshold")), "--json"]
+                "--split", str(profile.get("inference.split")), "--threshold", str(profile.get("inference.objectness_threshold")),
+                "--bootstrap-resamples", str(bootstrap["resamples"]), "--bootstrap-seed", str(bootstrap["seed"]),
+                "--confidence", str(bootstrap["confidence"]), "--json"]
     output = CliRunner().invoke(app, evaluate)
     assert output.exit_code == 0, output.output
     assert output.stdout == paths.path("metrics", "iground", "s.json").read_text()

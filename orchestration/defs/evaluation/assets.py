@@ -1,9 +1,10 @@
 """Predictions and metrics per fine-tuned model, the data-scaling curve, and the champion model.
 
 Inference runs through Dagster Pipes like training (it needs the GPU); evaluation is the official
-iGround protocol from evaluation/, appended to the DuckDB metric tables and logged to MLflow. The
-metrics files (one JSON per partition, the same as `grove eval iground --json`) are what DVC tracks
-and what the curve and `grove demo`'s table read.
+iGround protocol from evaluation/ beside the corrected one, every metric with its bootstrap interval
+over the test clips (the profile's `evaluation.bootstrap`), appended to the DuckDB metric tables and
+logged to MLflow. The metrics files (one JSON per partition, the same as `grove eval iground --json`)
+are what DVC tracks and what the curve, `grove compare`'s paired differences and `grove demo`'s table read.
 """
 
 import json
@@ -11,15 +12,17 @@ from pathlib import Path
 
 import dagster as dg
 
+from evaluation.bootstrap import BootstrapSettings
 from grove.io import atomic_write_json, atomic_write_text
 from orchestration.defs.benchmarks.assets import IGROUND
 from orchestration.defs.common import FT_ONLY, OWNERS, code_version, dvc_stage, input_versions, numeric_metadata
-from orchestration.defs.evaluation.checks import metric_check_results, metric_check_specs
+from orchestration.compare import REPORT_ARTIFACT, metric_key, mlflow_metrics, paired_difference_cells
+from orchestration.defs.evaluation.checks import metric_check_specs, report_check_results
 from orchestration.defs.models.assets import FINETUNED
 from orchestration.defs.models.partitions import variant_partitions
 from orchestration.defs.scaling.assets import SUBSET
 from orchestration.profile import Profile
-from orchestration.report import ScalingPoint, plot_scaling_curve
+from orchestration.report import Cell, ScalingPoint, markdown_table, plot_scaling_curve
 from orchestration.resources import DvcResource, MlflowResource, PipelinePaths, PipesLauncher
 
 GROUP = "evaluation"
@@ -51,34 +54,66 @@ def subset_clips(paths: PipelinePaths, size: str) -> int:
     return int(sum(manifest["splits"].values()))
 
 
+def variant_label(variant: str, clips: int | None) -> str:
+    return "FT-only" if variant == FT_ONLY else f"{variant} ({clips})"
+
+
+def point_of(label: str, clips: int | None, section: dict, protocol: str) -> ScalingPoint:
+    """One protocol's numbers of a metrics file as a row of the scaling table."""
+    intervals = {k: (float(v["low"]), float(v["high"])) for k, v in section.get("intervals", {}).items()}
+    return ScalingPoint(label, clips, {k: float(v) for k, v in section["metrics"].items() if v is not None}, intervals,
+                        protocol)
+
+
 def scaling_points(profile: Profile, paths: PipelinePaths) -> list[ScalingPoint]:
-    """Rows of the data-scaling table: one per pre-training size, then FT-only (clips=None)."""
+    """Rows of the data-scaling table: one per pre-training size, then FT-only (clips=None); each under the
+    metrics file's primary protocol (official), with the other protocols' numbers in `other_protocols`."""
     points = []
     for variant in [*profile.sizes, FT_ONLY]:
         report = json.loads(metrics_file(paths, variant).read_text())
         clips = None if variant == FT_ONLY else subset_clips(paths, variant)
-        label = "FT-only" if variant == FT_ONLY else f"{variant} ({clips})"
-        points.append(ScalingPoint(label, clips, {k: float(v) for k, v in report["metrics"].items() if v is not None}))
+        label = variant_label(variant, clips)
+        point = point_of(label, clips, report, report["protocol"].get("preset", "official"))
+        point.other_protocols = {name: point_of(label, clips, section, name)
+                                 for name, section in report.get("other_protocols", {}).items()}
+        points.append(point)
     return points
 
 
+def differences_vs_ft_only(profile: Profile, paths: PipelinePaths, protocols: list[str],
+                           metrics: list[str]) -> dict[str, list[tuple[str, dict[str, Cell]]]]:
+    """Per protocol: each pre-training size minus FT-only (x100), with the paired interval of the difference
+    (none without bootstrap resamples)."""
+    if BootstrapSettings.from_mapping(profile.get("evaluation.bootstrap", None)).resamples == 0:
+        return {}
+    reports = [(variant_label(v, None if v == FT_ONLY else subset_clips(paths, v)), json.loads(metrics_file(paths, v).read_text()))
+               for v in [*profile.sizes, FT_ONLY]]
+    return {protocol: paired_difference_cells(reports, "FT-only", metrics, protocol, scale=100.0) for protocol in protocols}
+
+
 def write_curve(profile: Profile, paths: PipelinePaths) -> tuple[Path, Path]:
-    """The data-scaling plot and its table (JSON rows) from the metrics files."""
+    """The data-scaling plot (one row of panels per protocol) and its table (JSON rows: one per row and protocol)."""
     metrics = list(profile.get("evaluation.metrics"))
     points = scaling_points(profile, paths)
     title = f"iGround {profile.get('inference.split')}: data scaling ({profile.name})"
     plot = plot_scaling_curve(points, metrics, paths.path("reports", CURVE_PLOT), title)
     table = paths.path("reports", CURVE_TABLE)
-    atomic_write_json(table, [{"row": p.label, "clips": p.clips, **{m: p.metrics.get(m) for m in metrics}} for p in points])
+    rows = []
+    for point in points:
+        for protocol in point.protocols:
+            part = point.under(protocol)
+            rows.append({"row": part.label, "clips": part.clips, "protocol": protocol,
+                         **{m: part.metrics.get(m) for m in metrics},
+                         **{f"{m}.ci_{bound}": part.intervals[m][i] for m in metrics if m in part.intervals
+                            for i, bound in enumerate(("low", "high"))}})
+    atomic_write_json(table, rows)
     return plot, table
 
 
 def curve_markdown(points: list[ScalingPoint], metrics: list[str]) -> str:
-    """The table as Markdown, metrics x100 as the paper prints them."""
-    lines = ["| pre-training | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-    for p in points:
-        lines.append("| " + p.label + " | " + " | ".join(f"{100 * p.metrics[m]:.2f}" if m in p.metrics else "-" for m in metrics) + " |")
-    return "\n".join(lines)
+    """The table as Markdown, one block per protocol: metrics x100 as the paper prints them, with their intervals."""
+    return "\n\n".join(markdown_table(f"pre-training ({protocol})", metrics, [(p.label, p.under(protocol).cells(100.0)) for p in points])
+                       for protocol in (points[0].protocols if points else []))
 
 
 def build(profile: Profile) -> list:
@@ -87,6 +122,7 @@ def build(profile: Profile) -> list:
     split = str(profile.get("inference.split"))
     threshold = float(profile.get("inference.objectness_threshold"))
     threads = int(profile.get("inference.threads", 1))
+    bootstrap = BootstrapSettings.from_mapping(profile.get("evaluation.bootstrap", None))
 
     @dg.asset(
         key=PREDICTIONS,
@@ -127,37 +163,48 @@ def build(profile: Profile) -> list:
         group_name=GROUP,
         kinds={"python", "duckdb", "mlflow"},
         owners=OWNERS[GROUP],
-        code_version=code_version(profile, "2", "evaluation"),
+        code_version=code_version(profile, "3", "evaluation"),
         automation_condition=dg.AutomationCondition.eager(),
         check_specs=metric_check_specs(METRICS, metrics),
         description="iGround METEOR, CIDEr, AP50 (per video, class-agnostic COCO) and Recall, exactly as the "
-        "official evaluator computes them; appended to the DuckDB metric tables and logged to MLflow.",
+        "official evaluator computes them, beside the corrected protocol's (xyxy recall, by-query pairing), each "
+        "with its bootstrap interval over the test clips; appended to the DuckDB metric tables and logged to MLflow.",
     )
     def iground_metrics(context: dg.AssetExecutionContext, paths: PipelinePaths, mlflow: MlflowResource, dvc: DvcResource) -> dg.MaterializeResult:
-        import dataclasses
-
-        from evaluation.iground import PRESETS, evaluate_iground_files
+        from evaluation.bootstrap import add_intervals
+        from evaluation.iground import evaluate_iground_files, protocols_side_by_side
         from evaluation.tables import record_report
 
         variant = context.partition_key
-        protocol = dataclasses.replace(PRESETS["official"], objectness_threshold=threshold)
+        protocols = protocols_side_by_side("official", "auto", threshold)
         inputs = input_versions(context, {"predictions": (PREDICTIONS, variant), "iground": (IGROUND, None)})
-        with mlflow.start_run(context, params={"protocol": "official", "split": split, "threshold": threshold}, tags=inputs) as run:
-            report = evaluate_iground_files(paths.path("iground"), paths.path("predictions", f"{variant}.json"), split, protocol)
-            report.protocol["preset"] = "official"
+        params = {"protocol": "official", "protocols": ",".join(protocols), "split": split, "threshold": threshold,
+                  **{f"bootstrap.{k}": v for k, v in bootstrap.to_dict().items() if k != "method"}}
+        with mlflow.start_run(context, params=params, tags=inputs) as run:
+            report = evaluate_iground_files(paths.path("iground"), paths.path("predictions", f"{variant}.json"), split, protocols)
+            add_intervals(report, bootstrap)
             out = metrics_file(paths, variant)
-            write_metrics_report(out, report.to_dict())
+            written = report.to_dict()
+            write_metrics_report(out, written)
             pretrain_size = None if variant == FT_ONLY else subset_clips(paths, variant)
             record_report(metrics_database(paths), report, checkpoint=f"{profile.name}:{variant}", pretrain_size=pretrain_size)
-            run.log_metrics({name: value for name, value in report.metrics.items() if value is not None})
-            run.log_dict(report.to_dict(), "iground_report.json")
+            logged = mlflow_metrics(written)
+            run.log_metrics(logged)
+            run.log_dict(written, REPORT_ARTIFACT)
             version = dvc.record(dvc_stage("evaluate", variant), [out])
             run.set_tags({"dvc.output": version})
-        metadata = numeric_metadata({name: float(value) for name, value in report.metrics.items() if value is not None})
-        metadata |= {"counts": dg.MetadataValue.json(report.counts), "mlflow_run": dg.MetadataValue.url(run.url),
+        # the headline metrics and their bounds, every protocol, as numbers Dagster plots over materialisations
+        presets = [None, *written.get("other_protocols", {})]
+        metadata = numeric_metadata({key: logged[key] for preset in presets for m in metrics for bound in (None, "low", "high")
+                                     if (key := metric_key(m, preset, bound)) in logged})
+        points = [point_of(variant, None, written, "official"),
+                  *(point_of(variant, None, section, name) for name, section in written.get("other_protocols", {}).items())]
+        metadata |= {"metrics": dg.MetadataValue.md(markdown_table("protocol", metrics, [(p.protocol, p.cells(100.0)) for p in points])),
+                     "bootstrap": dg.MetadataValue.json(written.get("uncertainty", {})),
+                     "counts": dg.MetadataValue.json(report.counts), "mlflow_run": dg.MetadataValue.url(run.url),
                      "path": dg.MetadataValue.path(str(out))}
         return dg.MaterializeResult(
-            metadata=metadata, data_version=dg.DataVersion(version), check_results=metric_check_results(report.metrics, metrics, report.protocol)
+            metadata=metadata, data_version=dg.DataVersion(version), check_results=report_check_results(report, metrics)
         )
 
     @dg.asset(
@@ -166,10 +213,11 @@ def build(profile: Profile) -> list:
         group_name=GROUP,
         kinds={"python", "matplotlib", "mlflow"},
         owners=OWNERS[GROUP],
-        code_version=code_version(profile, "1", "evaluation.metrics"),
+        code_version=code_version(profile, "2", "evaluation.metrics"),
         automation_condition=dg.AutomationCondition.eager(),
-        description="The data-scaling curve: each iGround metric against the number of pre-training clips, "
-        "with FT-only as the baseline; a plot and its table.",
+        description="The data-scaling curve: each iGround metric against the number of pre-training clips (log "
+        "axis), with its interval as an error bar and FT-only as a band, under the official and the corrected "
+        "protocol; a plot and its table, and each size's paired difference from FT-only.",
     )
     def data_scaling_curve(context: dg.AssetExecutionContext, paths: PipelinePaths, mlflow: MlflowResource, dvc: DvcResource) -> dg.MaterializeResult:
         plot, table = write_curve(profile, paths)
@@ -178,8 +226,12 @@ def build(profile: Profile) -> list:
             run.log_artifact(table, "reports")
             version = dvc.record("curve", [plot, table])
             run.set_tags({"dvc.output": version})
+        points = scaling_points(profile, paths)
+        differences = {protocol: markdown_table("minus FT-only", metrics, rows) for protocol, rows in
+                       differences_vs_ft_only(profile, paths, points[0].protocols if points else [], metrics).items()}
         return dg.MaterializeResult(
-            metadata={"table": dg.MetadataValue.md(curve_markdown(scaling_points(profile, paths), metrics)), "plot": dg.MetadataValue.path(str(plot)),
+            metadata={"table": dg.MetadataValue.md(curve_markdown(points, metrics)), "plot": dg.MetadataValue.path(str(plot)),
+                      **{f"vs FT-only ({p})": dg.MetadataValue.md(text) for p, text in differences.items()},
                       "mlflow_run": dg.MetadataValue.url(run.url)},
             data_version=dg.DataVersion(version),
         )

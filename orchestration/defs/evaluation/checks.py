@@ -1,4 +1,5 @@
-"""Checks on every metrics partition: each headline metric is present, finite and in its range.
+"""Checks on every metrics partition: each headline metric is present, finite and in its range, under
+every protocol the partition reports, and its bootstrap interval (where drawn) is finite and ordered.
 
 Metrics are fractions (evaluation/ reports them unscaled; papers print them x100). CIDEr is the one
 headline metric that can exceed 1 (its consensus weighting reaches 10 on a perfect corpus). AP50's
@@ -25,20 +26,34 @@ def metric_range(name: str, protocol: Mapping[str, Any] | None = None) -> tuple[
 
 
 def metric_problems(
-    metrics: Mapping[str, float | None], required: Sequence[str], protocol: Mapping[str, Any] | None = None
+    metrics: Mapping[str, float | None], required: Sequence[str], protocol: Mapping[str, Any] | None = None,
+    intervals: Mapping[str, Any] | None = None,
 ) -> list[str]:
-    """One message per required metric that is missing, not a finite number, or out of range."""
+    """One message per required metric that is missing, not a finite number, or out of range; with
+    `intervals` (metric -> `evaluation.bootstrap.Interval`), also one per interval missing, not finite or
+    inverted."""
     problems = []
     for name in required:
         value = metrics.get(name)
         low, high = metric_range(name, protocol)
         if value is None:
             problems.append(f"{name}: missing")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        elif not _finite(value):
             problems.append(f"{name}: not a finite number ({value!r})")
         elif not low <= value <= high:
             problems.append(f"{name}: {value} outside [{low:g}, {high:g}]")
+        if intervals is None or value is None:
+            continue
+        interval = intervals.get(name)
+        if interval is None:
+            problems.append(f"{name}: no interval")
+        elif not (_finite(interval.low) and _finite(interval.high) and interval.low <= interval.high):
+            problems.append(f"{name}: interval [{interval.low!r}, {interval.high!r}] is not finite and ordered")
     return problems
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def metric_check_specs(asset_key: dg.AssetKey, required: Sequence[str]) -> list[dg.AssetCheckSpec]:
@@ -46,9 +61,9 @@ def metric_check_specs(asset_key: dg.AssetKey, required: Sequence[str]) -> list[
         dg.AssetCheckSpec(
             CHECK_NAME,
             asset=asset_key,
-            description=f"{', '.join(required)} are present, finite and in range: CIDEr in [0, 10]; AP50 in [-1, 1] "
-            "under the official protocol (clips without GT boxes count with COCOeval's -1), else [0, 1]; "
-            "the others in [0, 1].",
+            description=f"{', '.join(required)} are present, finite and in range under every protocol reported: CIDEr "
+            "in [0, 10]; AP50 in [-1, 1] under the official protocol (clips without GT boxes count with COCOeval's -1), "
+            "else [0, 1]; the others in [0, 1]; their bootstrap intervals, where drawn, finite and ordered.",
         )
     ]
 
@@ -66,3 +81,17 @@ def metric_check_results(
                       "empty_gt_videos": str((protocol or {}).get("empty_gt_videos", "include"))},
         )
     ]
+
+
+def report_check_results(report: Any, required: Sequence[str]) -> list[dg.AssetCheckResult]:
+    """The check over an `EvalReport` and its alternative protocols (problems prefixed with the protocol's
+    name), intervals included where the report has them."""
+    problems, ranges = [], {}
+    for part in (report, *report.alternatives.values()):
+        preset = str(part.protocol.get("preset", ""))
+        found = metric_problems(part.metrics, required, part.protocol, part.intervals if part.uncertainty else None)
+        problems += [f"{preset}: {p}" if preset else p for p in found]
+        ranges[preset] = {name: list(metric_range(name, part.protocol)) for name in required}
+    return [dg.AssetCheckResult(check_name=CHECK_NAME, passed=not problems,
+                                metadata={"problems": dg.MetadataValue.json(problems), "ranges": dg.MetadataValue.json(ranges),
+                                          "bootstrap": dg.MetadataValue.json(report.uncertainty or {})})]
