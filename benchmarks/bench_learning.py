@@ -46,7 +46,7 @@ from grove.data.predictions import write_predictions  # noqa: E402
 from grove.data.synthetic import config_from_params, generate_dataset  # noqa: E402
 from grove.infer import predict_dataset  # noqa: E402
 from grove.model import GroveModel  # noqa: E402
-from grove.train import TrainConfig, load_model, resolve_checkpoint, train  # noqa: E402
+from grove.train import TrainConfig, load_model, read_result, resolve_checkpoint, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 METRICS = ("CIDEr", "METEOR", "AP50")
@@ -74,8 +74,7 @@ def train_run(
         children_before = _children_cpu()
         subprocess.run(command, cwd=REPO, check=True)
         cpu = _children_cpu() - children_before
-        result = json.loads((out / "result.json").read_text())
-        return result["last_checkpoint"], cpu
+        return read_result(out).last_checkpoint, cpu  # result.json's paths are relative to `out`
     result = train(config)
     return result.last_checkpoint, time.process_time() - started
 

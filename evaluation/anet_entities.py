@@ -31,12 +31,15 @@ import urllib.parse
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from evaluation.iou import iou_anet
 from evaluation.report import EvalReport, Problem
+
+if TYPE_CHECKING:
+    from evaluation.bootstrap import BootstrapSettings
 
 NUM_FRAMES = 10
 IOU_THRESHOLD = 0.5
@@ -270,6 +273,107 @@ def head_noun_classes(pred: Mapping[str, Mapping[str, dict]], lemmatizer: Lemmat
     return mapped, mapping
 
 
+def segment_statistics(ref: Mapping[str, Any], pred: Mapping[str, Mapping[str, dict]], mode: str,
+                       lemmas: Mapping[str, str], threshold: float = IOU_THRESHOLD) -> dict[str, Any]:
+    """What `generation_scores` sums, per reference segment (rows, keys "video/segment"), so that its metrics can
+    be recomputed on a resample of the segments (`generation_replicates`): per class (columns) the precision and
+    recall hits and counts and whether the class is in the vocabulary of a predicted segment; per segment its
+    P, R and F1 and whether it enters the per-sentence sums or is a segment without GT objects; and how many
+    submitted segments lie outside the reference (they stay in the per-sentence denominator, as in the reference)."""
+    keys = [f"{vid}/{seg}" for vid, anns in ref.items() for seg in anns["segments"]]
+    classes: dict[str, int] = {}
+    cells: dict[str, list[tuple[int, str, float]]] = {"prec_hit": [], "prec_n": [], "rec_hit": [], "rec_n": [], "vocab": []}
+    sent = np.zeros((len(keys), 6))  # p, r, f1, included, without GT objects, submitted
+
+    def add(table: str, row: int, cls: str, value: float) -> None:
+        cells[table].append((row, cls, value))
+        classes.setdefault(cls, len(classes))
+
+    row = -1
+    for vid, anns in ref.items():
+        for seg, ann in anns["segments"].items():
+            row += 1
+            entry = pred.get(vid, {}).get(seg)
+            sent[row, 5] = entry is not None
+            if len(ann["frame_ind"]) == 0:
+                continue
+            boxes, frames = _ref_boxes(ann)
+            hits_p: list[int] = []
+            if entry is not None:
+                idx_of: dict[str, list[int]] = {}
+                for box_idx, labels in enumerate(ann["process_clss"]):
+                    for cls_idx, cls in enumerate(labels):
+                        add("vocab", row, cls, 1.0)
+                        idx_of.setdefault(cls, []).append(ann["process_idx"][box_idx][cls_idx])
+                object_words = set(itertools.chain.from_iterable(ann["process_idx"]))
+                exclude = {lemmas[t] for i, t in enumerate(ann["tokens"]) if i not in object_words and t != ""}
+                for pred_idx, clss in enumerate(entry["clss"]):
+                    if clss in idx_of:
+                        word_boxes, word_frames, _ = _word_boxes(ann, min(idx_of[clss]), boxes, frames)
+                        hit = _hit(entry["boxes"][pred_idx], word_boxes, word_frames, threshold)
+                    elif lemmas[clss] in exclude or mode != "all":
+                        continue
+                    else:
+                        hit = 0
+                    add("prec_hit", row, clss, hit)
+                    add("prec_n", row, clss, 1.0)
+                    hits_p.append(hit)
+            hits_r: list[int] = []
+            for idx in set(itertools.chain.from_iterable(ann["process_idx"])):
+                word_boxes, word_frames, clss = _word_boxes(ann, idx, boxes, frames)
+                if entry is None:
+                    hit = 0
+                elif clss in entry["clss"]:
+                    hit = _hit(entry["boxes"][entry["clss"].index(clss)], word_boxes, word_frames, threshold)
+                elif mode == "all":
+                    hit = 0
+                else:
+                    continue
+                add("rec_hit", row, clss, hit)
+                add("rec_n", row, clss, 1.0)
+                hits_r.append(hit)
+            if entry is not None:
+                if not hits_r:
+                    sent[row, 4] = 1.0
+                else:
+                    p = float(np.mean(hits_p)) if hits_p else 0.0
+                    r = float(np.mean(hits_r))
+                    sent[row, :4] = [p, r, 0.0 if p == 0.0 and r == 0.0 else 2 * p * r / (p + r), 1.0]
+    tables = {}
+    for table, entries in cells.items():
+        matrix = np.zeros((len(keys), len(classes)))
+        for r_, cls, value in entries:
+            matrix[r_, classes[cls]] = np.maximum(matrix[r_, classes[cls]], value) if table == "vocab" else matrix[r_, classes[cls]] + value
+        tables[table] = matrix
+    outside = sum(len(segments) for vid, segments in pred.items() for seg in segments if seg not in ref.get(vid, {}).get("segments", {}))
+    return {"keys": keys, "mode": mode, **tables, "sentences": sent, "outside": outside}
+
+
+def generation_replicates(stats: Mapping[str, Any], counts: np.ndarray) -> dict[str, np.ndarray]:
+    """`generation_scores`' metrics ([B] each) on resamples of the reference segments: counts [B, segments]."""
+    mode = stats["mode"]
+    counts = np.asarray(counts, np.float64)
+    vocab = (counts @ stats["vocab"] > 0).sum(axis=1)
+
+    def per_class(hits: np.ndarray, n: np.ndarray) -> np.ndarray:
+        total, drawn = counts @ hits, counts @ n
+        means = np.divide(total, drawn, out=np.zeros_like(total), where=drawn > 0).sum(axis=1)
+        return np.divide(means, vocab, out=np.zeros(len(counts)), where=vocab > 0)
+
+    def f1(p: np.ndarray, r: np.ndarray) -> np.ndarray:
+        return np.divide(2 * p * r, p + r, out=np.zeros(len(p)), where=(p + r) > 0)
+
+    p_cls, r_cls = per_class(stats["prec_hit"], stats["prec_n"]), per_class(stats["rec_hit"], stats["rec_n"])
+    sent = stats["sentences"]
+    denominator = counts @ (sent[:, 5] - sent[:, 4]) + stats["outside"]
+
+    def average(column: int) -> np.ndarray:
+        return np.divide(counts @ (sent[:, column] * sent[:, 3]), denominator, out=np.zeros(len(counts)), where=denominator > 0)
+
+    return {f"Prec_{mode}": p_cls, f"Rec_{mode}": r_cls, f"F1_{mode}": f1(p_cls, r_cls),
+            f"Prec_{mode}_per_sent": average(0), f"Rec_{mode}_per_sent": average(1), f"F1_{mode}_per_sent": average(2)}
+
+
 def _f1(p: float, r: float) -> float:
     return 2.0 * p * r / (p + r) if p + r > 0 else 0.0
 
@@ -277,10 +381,11 @@ def _f1(p: float, r: float) -> float:
 def evaluate_anet_entities(
     ref: Mapping[str, Any], results: Mapping[str, Any], eval_mode: str = "gen",
     lemmatizer: Lemmatizer | None = None, lemmatizer_name: str = "", split: str = "validation",
-    threshold: float = IOU_THRESHOLD, class_match: str = "exact",
+    threshold: float = IOU_THRESHOLD, class_match: str = "exact", bootstrap: BootstrapSettings | None = None,
 ) -> EvalReport:
     """`eval_mode` "GT" gives Acc; "gen" gives F1_all, F1_loc and the per-sentence variants (needs a lemmatizer).
-    `class_match` "head_noun" (gen mode only) reads predicted classes as noun phrases (module docstring)."""
+    `class_match` "head_noun" (gen mode only) reads predicted classes as noun phrases (module docstring).
+    `bootstrap` (gen mode): percentile intervals of every metric over resamples of the reference segments."""
     if eval_mode not in ("GT", "gen"):
         raise ValueError(f"eval_mode must be 'GT' or 'gen', got {eval_mode!r}")
     if class_match not in CLASS_MATCHES or (class_match != "exact" and eval_mode != "gen"):
@@ -301,9 +406,11 @@ def evaluate_anet_entities(
         name = lemmatizer_name or getattr(lemmatizer, "name", type(lemmatizer).__name__)
         if class_match == "head_noun":
             pred, mapping = head_noun_classes(pred, lemmatizer)
+            protocol["preset"] = "head_noun"
             protocol["class_match"] = "head_noun: predicted class = lemma of the phrase's head noun (not the reference)"
             protocol["classes_mapped"] = sum(1 for phrase, cls in mapping.items() if phrase != cls)
         else:
+            protocol["preset"] = "official"
             protocol["class_match"] = "exact (the reference)"
         words = _needed_lemmas(ref, pred)
         lemmas = dict(zip(words, lemmatizer(words)))
@@ -311,5 +418,27 @@ def evaluate_anet_entities(
                    **generation_scores(ref, pred, "loc", lemmas, threshold)}
         protocol.update({"lemmatizer": name, "per_sent_denominator": "segments in the whole submission - "
                          "segments without GT objects (reference quirk)"})
-    return EvalReport("anet_entities", split, metrics, protocol, num_items=num_segments, num_scored=scored,
-                      problems=problems)
+    report = EvalReport("anet_entities", split, metrics, protocol, num_items=num_segments, num_scored=scored,
+                        problems=problems)
+    if bootstrap is not None and bootstrap.resamples > 0 and eval_mode == "gen":
+        add_segment_intervals(report, [segment_statistics(ref, pred, mode, lemmas, threshold) for mode in ("all", "loc")], bootstrap)
+    return report
+
+
+def add_segment_intervals(report: EvalReport, statistics: Sequence[Mapping[str, Any]], settings: BootstrapSettings) -> EvalReport:
+    """Intervals of a `gen` report's metrics from resamples of the reference segments (`segment_statistics`
+    per mode); point estimates stay the evaluator's."""
+    from evaluation.bootstrap import Interval, percentile_interval, resample_counts
+
+    keys = statistics[0]["keys"]
+    counts = resample_counts(keys, settings.resamples, settings.seed)
+    replicates = {name: values for stats in statistics for name, values in generation_replicates(stats, counts).items()}
+    report.intervals = {name: Interval(float(value), *percentile_interval(replicates[name], settings.confidence),
+                                       settings.confidence, settings.resamples, settings.seed)
+                        for name, value in report.metrics.items() if name in replicates}
+    notes = {name: ("per-class P and R: class hit rates summed over the classes of the resampled segments' vocabulary"
+                    if "per_sent" not in name else "per-sentence means over the resampled segments; submitted "
+                    "segments outside the reference stay in the denominator") for name in report.intervals}
+    report.uncertainty = {**settings.to_dict(), "method": "percentile bootstrap over reference segments",
+                          "clips": len(keys), "metrics": notes}
+    return report

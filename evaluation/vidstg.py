@@ -244,7 +244,7 @@ def evaluate_vidstg_grounding(
         metrics["msIoU"] = float(np.mean([values["msIoU"] for values in spatial.per_item.values()]))
     per_item = {key: dict(values) for key, values in spatial.per_item.items()}
     problems = list(spatial.problems)
-    protocol: dict[str, Any] = {"spatial": spatial.protocol}
+    protocol: dict[str, Any] = {"preset": "official", "spatial": spatial.protocol}
     if temporal:
         found = grounding_metrics(temporal_ground_truth(gt), predicted_intervals(predictions), split=split, benchmark="vidstg")
         metrics.update(found.metrics)
@@ -253,5 +253,30 @@ def evaluate_vidstg_grounding(
         problems += found.problems
         protocol["temporal"] = {**found.protocol, "ground_truth": "[tube_start_frame, tube_end_frame) / fps",
                                 "prediction": "longest run of frames with objectness above the threshold"}
-    return EvalReport("vidstg", split, metrics, protocol, num_items=len(gt), num_scored=spatial.num_scored,
-                      problems=problems, per_item=per_item)
+    report = EvalReport("vidstg", split, metrics, protocol, num_items=len(gt), num_scored=spatial.num_scored,
+                        problems=problems, per_item=per_item)
+    report.clip_statistics = sentence_statistics(report, {key: gt[key].qtype for key in per_item})
+    return report
+
+
+def sentence_statistics(report: EvalReport, qtypes: Mapping[str, str]) -> Any:
+    """Every metric of `evaluate_vidstg_grounding` as a mean of per-sentence values (evaluation.bootstrap):
+    msIoU and msIoU@R over all sentences or those of one qtype, R1@m = mean of 1[tIoU >= m], mIoU = mean tIoU."""
+    from evaluation.bootstrap import ClipStatistics
+
+    keys = sorted(report.per_item)
+    items = [report.per_item[key] for key in keys]
+    spatial = np.array(["msIoU" in item for item in items])
+    means: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    for name in report.metrics:
+        qtype, _, base = name.partition("_")
+        if base.startswith("msIoU") and qtype in set(qtypes.values()):
+            values = np.array([item.get(base, 0.0) for item in items])
+            means[name] = (values, spatial & np.array([qtypes.get(k) == qtype for k in keys]))
+        elif name == "msIoU":
+            means[name] = (np.array([item.get("msIoU", 0.0) for item in items]), spatial)
+        elif name.startswith("R1@") or name == "mIoU":
+            tiou = np.array([item.get("tIoU", 0.0) for item in items])
+            timed = np.array(["tIoU" in item for item in items])
+            means[name] = ((tiou >= float(name[3:])).astype(np.float64) if name != "mIoU" else tiou, timed)
+    return ClipStatistics(keys, means)

@@ -9,13 +9,18 @@ accumulation k computes the same gradient as k ranks.
 Output folder:
 ```
 OUT/
-  train_config.json        the TrainConfig of the run
-  metrics.jsonl            one JSON object per logged step / validation
+  train_config.json        the TrainConfig of the run (read it back with `read_train_config`)
+  metrics.jsonl            one JSON object per logged step / validation: losses, lr, gradient norm
   checkpoints/step_NNNNNNNN/  model.safetensors + config.json + trainer_state.pt + rng_rank{r}.pt + state.json
+                              + provenance.json
   checkpoints/last.json    which step folder is the newest complete checkpoint
-  best/                    model.safetensors + config.json + state.json of the lowest validation loss
-  result.json              the TrainResult
+  best/                    model.safetensors + config.json + state.json + provenance.json of the lowest validation loss
+  result.json              the TrainResult, without its wall-clock seconds (`read_result`)
 ```
+Every file in OUT is a function of the config, the data and the code: the paths that
+train_config.json, result.json and provenance.json record are relative to OUT (grove.io.portable_path),
+and speeds and durations go to the callback (MLflow, Dagster), never into OUT. So two runs of the
+same config on the same machine give a byte-identical OUT, wherever OUT and the data lie.
 A run started on an OUT that holds a checkpoint resumes from it: weights, optimiser, scheduler,
 RNG states and step, so the loss curve continues as if never stopped. `trainer_state.pt` holds only
 tensors and containers and is read with `torch.load(weights_only=True)`.
@@ -50,7 +55,7 @@ from grove.data.loader import (
     resolve_dataset,
 )
 from grove.data.synthetic import rendered_video_folders
-from grove.io import atomic_write_json, atomic_write_text
+from grove.io import atomic_write_json, atomic_write_text, portable_path, resolve_recorded
 from grove.model import GroveConfig, GroveModel, batch_to, tag_answer
 from grove.model.store import is_full_checkpoint
 
@@ -118,6 +123,36 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_portable_dict(self) -> dict[str, Any]:
+        """`to_dict` with every path relative to `out_dir` (train_config.json)."""
+        return _portable(self.to_dict(), CONFIG_PATHS, self.out_dir)
+
+
+# Fields of TrainConfig / TrainResult that hold paths: recorded relative to the output folder.
+CONFIG_PATHS = ("train_data", "out_dir", "val_data", "init", "train_boxes", "val_boxes", "video_root")
+RESULT_PATHS = ("out_dir", "last_checkpoint", "best_checkpoint")
+
+
+def _portable(values: dict[str, Any], names: tuple[str, ...], out_dir: str | Path) -> dict[str, Any]:
+    return {k: portable_path(v, out_dir) if k in names and v is not None else v for k, v in values.items()}
+
+
+def _resolved(values: dict[str, Any], names: tuple[str, ...], out_dir: Path) -> dict[str, Any]:
+    return {k: str(resolve_recorded(v, out_dir)) if k in names and v is not None else v for k, v in values.items()}
+
+
+def read_train_config(out_dir: str | Path) -> TrainConfig:
+    """The TrainConfig a run wrote to OUT/train_config.json, its paths resolved against OUT."""
+    out_dir = Path(out_dir)
+    return TrainConfig(**_resolved(json.loads((out_dir / "train_config.json").read_text()), CONFIG_PATHS, out_dir))
+
+
+def read_result(out_dir: str | Path) -> TrainResult:
+    """The TrainResult a run wrote to OUT/result.json (paths resolved against OUT; `seconds` is not kept: nan)."""
+    out_dir = Path(out_dir)
+    values = _resolved(json.loads((out_dir / "result.json").read_text()), RESULT_PATHS, out_dir)
+    return TrainResult(**{"seconds": float("nan"), **values})
+
 
 @dataclass
 class TrainResult:
@@ -133,6 +168,11 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def to_portable_dict(self) -> dict[str, Any]:
+        """What result.json holds: paths relative to `out_dir`, and no wall-clock `seconds`."""
+        values = {k: v for k, v in self.to_dict().items() if k != "seconds"}
+        return _portable(values, RESULT_PATHS, self.out_dir)
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -241,10 +281,22 @@ def save_model(
     # safetensors refuses shared storage; cloning also detaches the tensors from training
     weights = {name: t.detach().to("cpu").contiguous().clone() for name, t in model.trainable_state_dict().items()}
     save_file(weights, str(folder / MODEL_FILE), metadata={"format": "pt"})
-    atomic_write_text(folder / CONFIG_FILE, config.to_json() + "\n")
+    atomic_write_text(folder / CONFIG_FILE, _portable_model_config(config, folder).to_json() + "\n")
     atomic_write_json(folder / STATE_FILE, state)
     if provenance is not None:
         atomic_write_json(folder / PROVENANCE_FILE, {**provenance, "step": state.get("step")})
+
+
+def _portable_model_config(config: GroveConfig, folder: Path) -> GroveConfig:
+    """The config a checkpoint folder records: the local folders that `GroveConfig.from_json_file`
+    resolves against the file's folder (`base_weights`, a `tokenizer_source` folder) relative to it."""
+    changes: dict[str, Any] = {}
+    if config.base_weights is not None:
+        changes["base_weights"] = portable_path(config.base_weights, folder)
+    tokenizer = Path(config.tokenizer_source)
+    if tokenizer.is_absolute() and tokenizer.is_dir():
+        changes["tokenizer_source"] = portable_path(tokenizer, folder)
+    return config.replace(**changes) if changes else config
 
 
 def read_provenance(folder: str | Path) -> dict[str, Any] | None:
@@ -259,17 +311,20 @@ def read_provenance(folder: str | Path) -> dict[str, Any] | None:
 
 
 def training_provenance(config: TrainConfig, model_config: GroveConfig, datasets: dict[str, int]) -> dict[str, Any]:
-    """What a trained checkpoint records: the data and profile, and the provenance of what it started from."""
+    """What a trained checkpoint records: the data and profile, and the provenance of what it started from.
+    Its paths (`train_data`, `started_from.path`) are relative to the training folder (`config.out_dir`);
+    the nested provenance of the start keeps its own, relative to that run's training folder."""
     start = None
     if config.init is not None:
         init = resolve_checkpoint(config.init)
-        start = {"path": str(init), "provenance": read_provenance(init)}
+        start = {"path": portable_path(init, config.out_dir), "provenance": read_provenance(init)}
     elif model_config.base_weights is not None:
-        start = {"path": model_config.base_weights, "provenance": read_provenance(model_config.base_weights)}
+        start = {"path": portable_path(model_config.base_weights, config.out_dir),
+                 "provenance": read_provenance(model_config.base_weights)}
     return {
         "origin": "trained",
         "model_profile": model_config.profile,
-        "train_data": config.train_data,
+        "train_data": portable_path(config.train_data, config.out_dir),
         "train_split": config.train_split,
         "train_datasets": datasets,
         "seed": config.seed,
@@ -651,7 +706,7 @@ def train(config: TrainConfig, callback: MetricsCallback | None = None) -> Train
     data = _plan(config, dist)
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out_dir / "train_config.json", config.to_dict())
+        atomic_write_json(out_dir / "train_config.json", config.to_portable_dict())
     seed_everything(config.seed)
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads(config.cpu_threads))
@@ -749,7 +804,7 @@ def train(config: TrainConfig, callback: MetricsCallback | None = None) -> Train
         clips_seen=(step - start_step) * config.batch_size,
     )
     if dist.is_main:
-        atomic_write_json(out_dir / "result.json", result.to_dict())
+        atomic_write_json(out_dir / "result.json", result.to_portable_dict())
     _barrier(dist)
     return result
 
@@ -762,9 +817,14 @@ def _best_so_far(out_dir: Path, best_by: str) -> float | None:
     return state.get("val/grounding" if best_by == "grounding" else "val/loss")
 
 
+# Metrics that measure the machine, not the model (steps/s, clips/s): the callback gets them, the
+# output folder does not (they would make two identical runs' metrics.jsonl differ).
+TIMING_PREFIX = "perf/"
+
+
 def _report(step: int, metrics: dict[str, float], callback: MetricsCallback | None, path: Path, dist: DistEnv) -> None:
     if not dist.is_main:
         return
-    _append_metrics(path, step, metrics)
+    _append_metrics(path, step, {k: v for k, v in metrics.items() if not k.startswith(TIMING_PREFIX)})
     if callback is not None:
         callback(step, metrics)

@@ -17,6 +17,7 @@ from orchestration import schedules, sensors
 from orchestration.defs.annotation import assets as annotation_assets
 from orchestration.defs.benchmarks import assets as benchmark_assets
 from orchestration.defs.evaluation import assets as evaluation_assets
+from orchestration.defs.evaluation import grounding as grounding_assets
 from orchestration.defs.models import assets as model_assets
 from orchestration.defs.raw_videos import assets as raw_video_assets
 from orchestration.defs.scaling import assets as scaling_assets
@@ -60,6 +61,7 @@ def build_definitions(
         *scaling_assets.build(profile),
         *model_assets.build(profile),
         *evaluation_assets.build(profile),
+        *grounding_assets.build(profile),
     ]
     return dg.Definitions(
         assets=assets,

@@ -15,6 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from evaluation.anet_entities import evaluate_anet_entities, load_reference
+from evaluation.bootstrap import BootstrapSettings, add_intervals
 from evaluation.vidstg import evaluate_vidstg, evaluate_vidstg_grounding, load_vidstg_gt
 from grove.data.anet_entities import nearest_frame, read_anet_entities, slot_times
 from grove.data.synthetic import SynthConfig
@@ -109,6 +110,14 @@ def test_vidstg_ground_truth_scores_perfectly_as_its_own_prediction(standins):
     assert all(v == 1.0 for k, v in report.metrics.items() if k.endswith("_msIoU"))
     assert evaluate_vidstg(gt, predictions, "grove").metrics == {k: v for k, v in report.metrics.items()
                                                                  if "msIoU" in k and k != "msIoU"}
+    add_intervals(report, BootstrapSettings(resamples=50, seed=1))  # every metric is a mean of per-sentence values
+    assert set(report.intervals) == set(report.metrics)
+    assert all(report.intervals[name].low == report.intervals[name].high == 1.0 for name in ("msIoU", "R1@0.7", "mIoU"))
+    half = dict(predictions)
+    for key in sorted(half)[: CLIPS // 2]:
+        half[key] = {**half[key], "boxes": [[0, 0, 1, 1]] * len(half[key]["boxes"]), "temporal": {"start_s": 0.0, "end_s": 0.05}}
+    worse = add_intervals(evaluate_vidstg_grounding(gt, half), BootstrapSettings(resamples=200, seed=1))
+    assert worse.metrics["msIoU"] < 1 and worse.intervals["msIoU"].low < worse.metrics["msIoU"] < worse.intervals["msIoU"].high
 
 
 # ---------------------------------------------------------------------------------------------- ActivityNet-Entities

@@ -181,3 +181,44 @@ def test_equals_the_official_script_on_random_splits(seed):
         assert report.metrics[f"F1_{mode}"] == pytest.approx(float(f1), abs=1e-12)
         assert report.metrics[f"F1_{mode}_per_sent"] == pytest.approx(float(f1_per_sent), abs=1e-12)
     assert evaluate_anet_entities(ref, pred, "GT").metrics["Acc"] == pytest.approx(float(gt_grd_eval(ref, pred)), abs=1e-12)
+
+
+def test_head_noun_class_matching_reads_phrases_as_their_head_nouns(reference):
+    from evaluation.anet_entities import head_word
+
+    assert [head_word(p) for p in ("a man in a red shirt", "two small knives", "the apple, cut", "", "with a knife")] == \
+        ["man", "knives", "apple", "", "knife"]
+    phrases = {
+        "v1": {"0": {"clss": ["a tall man in a hat", "a big knives"], "bbox_for_all_frames": [_boxes(2, [10, 10, 50, 50]), _boxes(7, [0, 0, 9, 9])]}},
+        "v2": {"0": {"clss": ["the man"], "bbox_for_all_frames": [_boxes(9, [5, 5, 25, 25])]}},
+    }
+    exact = evaluate_anet_entities(reference, phrases, "gen", fake_lemmatizer, "fake")
+    assert exact.metrics["F1_all"] == 0.0 and exact.protocol["class_match"] == "exact (the reference)"
+    heads = evaluate_anet_entities(reference, phrases, "gen", fake_lemmatizer, "fake", class_match="head_noun")
+    words = {"v1": {"0": {"clss": ["man", "knife"], "bbox_for_all_frames": phrases["v1"]["0"]["bbox_for_all_frames"]}},
+             "v2": {"0": {"clss": ["man"], "bbox_for_all_frames": phrases["v2"]["0"]["bbox_for_all_frames"]}}}
+    assert heads.metrics == evaluate_anet_entities(reference, words, "gen", fake_lemmatizer, "fake").metrics
+    assert heads.protocol["classes_mapped"] == 3 and heads.protocol["class_match"].startswith("head_noun")
+    with pytest.raises(ValueError, match="class_match"):
+        evaluate_anet_entities(reference, phrases, "GT", class_match="head_noun")
+
+
+@pytest.mark.parametrize("mode", ["all", "loc"])
+def test_segment_statistics_recompute_the_scores_and_give_intervals(reference, mode):
+    from evaluation.anet_entities import clean_submission, generation_replicates, generation_scores, segment_statistics
+    from evaluation.bootstrap import BootstrapSettings
+
+    pred, _ = clean_submission(GEN, "gen")
+    words = sorted({t for anns in reference.values() for a in anns["segments"].values() for t in a["tokens"]}
+                   | {c for s in pred.values() for e in s.values() for c in e["clss"]})
+    lemmas = dict(zip(words, fake_lemmatizer(words)))
+    stats = segment_statistics(reference, pred, mode, lemmas)
+    assert stats["keys"] == ["v1/0", "v1/1", "v1/2", "v2/0"] and stats["outside"] == 1  # v3 is submitted, not in val
+    once = generation_replicates(stats, np.ones((1, 4)))
+    assert {k: v[0] for k, v in once.items()} == pytest.approx(generation_scores(reference, pred, mode, lemmas), abs=1e-12)
+    only_v2 = generation_replicates(stats, np.array([[0, 0, 0, 4]]))  # v2/0 drawn four times: its man is a hit
+    assert only_v2[f"F1_{mode}"][0] == pytest.approx(1.0) and only_v2[f"F1_{mode}_per_sent"][0] == pytest.approx(4 / 5)
+    report = evaluate_anet_entities(reference, GEN, "gen", fake_lemmatizer, "fake", bootstrap=BootstrapSettings(200, 3))
+    interval = report.intervals[f"F1_{mode}"]
+    assert interval.low <= report.metrics[f"F1_{mode}"] <= interval.high and interval.resamples == 200
+    assert report.to_dict()["uncertainty"]["clips"] == 4

@@ -21,10 +21,13 @@ def dagster_instance(tmp_path):
 
 
 def tiny_params() -> dict:
-    """The demo profile shrunk to seconds of work: 13 clips of 1.6 s (8 annotated frames), two shards, one size, one step."""
+    """The demo profile shrunk to seconds of work: 13 clips of 1.6 s (8 annotated frames), two shards, one size, one step;
+    2-clip VidSTG and ActivityNet-Entities stand-ins."""
     params = copy.deepcopy(read_params(PARAMS_FILE)["demo"])
     params["synthetic"].update(pool_clips=8, train_clips=2, val_clips=1, test_clips=2, seconds=1.6)
     params["annotation"]["shard_size"] = 8
+    for benchmark in ("vidstg", "anet_entities"):  # the stand-ins of VidSTG and ActivityNet-Entities: 2 clips each
+        params["benchmarks"][benchmark]["clips"] = 2
     params["scaling"] = {"pool_split": "pool", "sizes": ["s"], "size_clips": {"s": 4}}
     for phase in ("pretrain", "finetune"):
         params["model"][phase] = {"max_steps": 1, "batch_size": 1, "warmup_steps": 1, "log_every": 1, "num_workers": 0}

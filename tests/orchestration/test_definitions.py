@@ -14,7 +14,7 @@ from orchestration.profile import REPO_ROOT, load_profile
 from orchestration.resources import LAYOUT, TorchrunLauncher
 
 GROUPS = {"raw_videos", "annotation", "benchmarks", "scaling", "models", "evaluation"}
-GPU_ASSETS = {"pretrained_model", "finetuned_model", "iground_predictions"}
+GPU_ASSETS = {"pretrained_model", "finetuned_model", "iground_predictions", "vidstg_predictions", "anet_entities_predictions"}
 
 
 def graph_summary(definitions: dg.Definitions) -> list[dict]:

@@ -193,3 +193,34 @@ def test_a_model_trained_on_rendered_videos_says_so(tmp_path):
                                val_split=None, num_workers=0))
     assert read_provenance(result.last_checkpoint)["train_datasets"] == {"synthetic videos": 2}
     assert "trained only on synthetic data: synthetic videos (2 clips)" in provenance_note(result.last_checkpoint)
+
+
+def test_the_same_run_in_another_folder_writes_a_byte_identical_output_folder(reference, dataset_dir, tmp_path):
+    """What DVC versions of a training run holds no absolute path, speed or duration: the same config
+    on a copy of the data elsewhere (same layout relative to each other) gives the same bytes."""
+    from grove.train import read_result, read_train_config
+
+    ref_out, ref_result, _ = reference
+    clone = tmp_path / "another" / "checkout"
+    data = clone / dataset_dir.name
+    data.parent.mkdir(parents=True)
+    subprocess.run(["cp", "-a", str(dataset_dir), str(data)], check=True)
+    out = clone / ref_out.name
+    train(run_config(data, out, num_workers=2))
+    files = sorted(p.relative_to(ref_out) for p in ref_out.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    for name in files:
+        assert (ref_out / name).read_bytes() == (out / name).read_bytes(), name
+        if name.suffix in (".json", ".jsonl"):
+            assert str(tmp_path.parent) not in (out / name).read_text(), name
+    # paths are recorded relative to the output folder, and read back resolved against it
+    recorded = json.loads((out / "train_config.json").read_text())
+    assert (recorded["out_dir"], recorded["train_data"]) == (".", f"../{dataset_dir.name}")
+    assert read_train_config(out) == run_config(str(out / recorded["train_data"]), str(out / "."), num_workers=2)
+    assert Path(read_train_config(out).train_data).resolve() == data.resolve()
+    result = read_result(out)
+    assert Path(result.last_checkpoint).resolve() == Path(ref_result.last_checkpoint.replace(str(ref_out), str(out))).resolve()
+    assert "seconds" not in json.loads((out / "result.json").read_text())
+    assert not any(k.startswith("perf/") for line in (out / "metrics.jsonl").read_text().splitlines() for k in json.loads(line))
+    provenance = json.loads((out / "best" / "provenance.json").read_text())
+    assert provenance["train_data"] == f"../{dataset_dir.name}" and provenance["started_from"] is None

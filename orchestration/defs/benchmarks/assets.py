@@ -1,19 +1,25 @@
-"""Benchmark annotations in the canonical tables: iGround (the fine-tuning and test benchmark), and in
-the paper profile VidSTG and ActivityNet-Entities.
+"""Benchmark annotations in the canonical tables: iGround (the fine-tuning and test benchmark),
+VidSTG and ActivityNet-Entities.
 
 The official iGround pickles (raw boxes) are converted with `grove data convert`, split by split,
 into one dataset folder. In the demo profile they are the pickles the synthetic dataset writes
 (its train/val/test splits); in the paper profile they come from $GROVE_IGROUND_DIR. Clip video
 paths are rewritten to resolve from the benchmark folder, which is then a dataset folder of its own.
+
+VidSTG and ActivityNet-Entities are converted the same way from their official files: in the paper
+profile from the folders named by $GROVE_VIDSTG_DIR / $GROVE_ANET_DIR (external assets), in the
+demo profile (`source: synthetic`) from the stand-ins that the synthetic generator renders in the
+official layouts (grove.data.synthetic_benchmarks; assets `vidstg_synthetic`, `anet_entities_synthetic`).
 """
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import dagster as dg
 
-from orchestration.defs.common import OWNERS, code_version, numeric_metadata, table_preview, timed
+from orchestration.defs.common import OWNERS, code_version, log_progress, numeric_metadata, table_preview, timed
 from orchestration.defs.raw_videos.assets import SYNTHETIC, external_folder
 from orchestration.defs.scaling.subsets import rebase_video_paths
 from orchestration.profile import Profile
@@ -65,19 +71,96 @@ def build_iground(profile: Profile, paths: PipelinePaths, out: Path) -> dict[str
     return convert_splits("howtoground", sources, out, "iground", video_root)
 
 
-def _external_benchmark(profile: Profile, name: str) -> list:
-    """VidSTG or ActivityNet-Entities (paper profile): its official files, in a folder named by
-    `benchmarks.<name>.env`, converted split by split into the canonical tables."""
+def benchmark_key(name: str) -> dg.AssetKey:
+    """The converted benchmark (canonical tables) of VidSTG or ActivityNet-Entities."""
+    return dg.AssetKey(f"{name}_benchmark")
+
+
+def standin_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey(f"{name}_synthetic")
+
+
+def uses_standin(profile: Profile, name: str) -> bool:
+    return profile.get(f"benchmarks.{name}.source", None) == "synthetic"
+
+
+@dataclass(frozen=True)
+class BenchmarkSource:
+    """Where a benchmark's official files are: the folder (videos resolve from it), each split's
+    annotation file, and ActivityNet-Entities' split-id file."""
+
+    folder: Path
+    files: dict[str, Path]
+    split_ids: Path | None
+
+
+def benchmark_source(profile: Profile, paths: PipelinePaths, name: str) -> BenchmarkSource:
+    """The stand-in folder (`source: synthetic`), else the folder named by `benchmarks.<name>.env`."""
     settings = profile.get(f"benchmarks.{name}")
-    env, fmt = settings["env"], settings["format"]
-    source_key, key = dg.AssetKey(f"{name}_official"), dg.AssetKey(f"{name}_benchmark")
-    source = dg.AssetSpec(
-        key=source_key,
+    if uses_standin(profile, name):
+        from grove.data import synthetic_benchmarks as standins
+
+        folder = standins.standins_folder(paths.path("synthetic")) / name
+        if name == "vidstg":
+            return BenchmarkSource(folder, {standins.VIDSTG_SPLIT: folder / standins.VIDSTG_FILE}, None)
+        return BenchmarkSource(folder, {standins.ANET_SPLIT: folder / standins.ANET_FILE}, folder / standins.ANET_SPLIT_IDS)
+    folder = external_folder(settings["env"], f"the {name} release (annotation files and videos)")
+    split_ids = folder / settings["split_ids"] if settings.get("split_ids") else None
+    return BenchmarkSource(folder, {split: folder / file for split, file in settings["files"].items()}, split_ids)
+
+
+def _standin_asset(profile: Profile, name: str) -> dg.AssetsDefinition:
+    """The demo's stand-in of VidSTG or ActivityNet-Entities, rendered in the official layout."""
+    what = {"vidstg": "VidSTG-like split (one query sentence and its tube per clip; test.json in TubeDETR's layout)",
+            "anet_entities": "ActivityNet-Entities-like split (a captioned segment per video with boxed object words; "
+            "the cleaned annotation file and split ids)"}[name]
+
+    @dg.asset(
+        key=standin_key(name),
         group_name=GROUP,
-        kinds={"json"},
+        kinds={"python", "video", "json"},
         owners=OWNERS[GROUP],
-        description=f"The official {name} annotation files ({', '.join(settings['files'].values())}) and videos, in ${env}.",
+        code_version=code_version(profile, "1", "seed", "synthetic", f"benchmarks.{name}.clips"),
+        description=f"A synthetic {what}, rendered by the synthetic dataset's generator from its own seed stream "
+        "(`grove data synth`), in the official files that the paper profile reads from its release.",
     )
+    def standin(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:
+        from grove.data.synthetic import config_from_params
+        from grove.data.synthetic_benchmarks import DEFAULT_CLIPS, generate_standin
+
+        source = benchmark_source(profile, paths, name)
+        clips = int(profile.get(f"benchmarks.{name}.clips", DEFAULT_CLIPS[name]))
+        metadata: dict = {}
+        with timed(metadata):
+            summary = generate_standin(source.folder, config_from_params(profile.params_file, profile.name), name, clips,
+                                       progress=log_progress(context, f"{name} stand-in", 50))
+        metadata |= numeric_metadata({"clips": summary.clips, "encoded": summary.encoded})
+        metadata["path"] = dg.MetadataValue.path(str(source.folder))
+        return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(dvc_md5(source.folder)))
+
+    return standin
+
+
+def _external_benchmark(profile: Profile, name: str) -> list:
+    """VidSTG or ActivityNet-Entities: its official files (paper profile: in a folder named by
+    `benchmarks.<name>.env`; demo: the synthetic stand-in), converted split by split into the canonical tables."""
+    settings = profile.get(f"benchmarks.{name}")
+    fmt, synthetic = settings["format"], uses_standin(profile, name)
+    key = benchmark_key(name)
+    if synthetic:
+        source_key, upstream = standin_key(name), [_standin_asset(profile, name)]
+        where = "the synthetic stand-in"
+    else:
+        source_key = dg.AssetKey(f"{name}_official")
+        upstream = [dg.AssetSpec(
+            key=source_key,
+            group_name=GROUP,
+            kinds={"json"},
+            owners=OWNERS[GROUP],
+            description=f"The official {name} annotation files ({', '.join(settings['files'].values())}) and videos, in ${settings['env']}.",
+        )]
+        where = f"${settings['env']}"
+    conversion_keys = [f"benchmarks.{name}.{field}" for field in ("source", "format", "env", "files", "split_ids", "clips")]
 
     @dg.asset(
         key=key,
@@ -85,29 +168,26 @@ def _external_benchmark(profile: Profile, name: str) -> list:
         group_name=GROUP,
         kinds={"python", "parquet"},
         owners=OWNERS[GROUP],
-        code_version=code_version(profile, "1", f"benchmarks.{name}"),
+        code_version=code_version(profile, "1", *conversion_keys),
         automation_condition=dg.AutomationCondition.eager(),
-        description=f"{name}'s splits ({', '.join(settings['files'])}) converted from the official {fmt} files "
-        "into the canonical clip and box tables (`grove data convert`).",
+        description=f"{name}'s splits converted from the official {fmt} files ({where}) into the canonical clip "
+        "and box tables (`grove data convert`).",
     )
     def external_benchmark(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:
         from grove.data.dataset import load_dataset
 
-        folder = external_folder(env, f"the {name} release (annotation files and videos)")
-        options: dict[str, Any] = {}
-        if settings.get("split_ids"):
-            options["split_ids"] = folder / settings["split_ids"]
+        source = benchmark_source(profile, paths, name)
+        options: dict[str, Any] = {"split_ids": source.split_ids} if source.split_ids is not None else {}
         out = paths.path("benchmarks", name)
-        sources = {split: folder / file for split, file in settings["files"].items()}
         metadata: dict = {}
         with timed(metadata):
-            counts = convert_splits(fmt, sources, out, name, folder, **options)
+            counts = convert_splits(fmt, source.files, out, name, source.folder, **options)
         metadata |= numeric_metadata(counts)
         metadata["preview"] = table_preview(load_dataset(out).clips, ["key", "split", "tagged_caption"])
         metadata["path"] = dg.MetadataValue.path(str(out))
         return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(dvc_md5(out)))
 
-    return [source, external_benchmark]
+    return [*upstream, external_benchmark]
 
 
 def build(profile: Profile) -> list:
