@@ -27,6 +27,7 @@ from grove.data.howtoground import ProgressFn, read_official, tables_to_records,
 from grove.data.safe_pickle import safe_load
 from grove.data.schema import SchemaError, read_boxes, read_clips, write_boxes, write_clips
 from grove.data.vidstg import read_vidstg
+from grove.io import portable_path
 
 logger = logging.getLogger(__name__)
 
@@ -146,9 +147,10 @@ def convert_to_dataset(
     paths = DatasetPaths(root)
     root.mkdir(parents=True, exist_ok=True)
     _merge_into(paths, split, clips, raw, processed)
+    # the input files relative to the dataset folder (grove.io.portable_path): no absolute path in it
     _update_manifest(paths, split, {
-        "format": fmt, "input": str(source), "split_ids": str(split_ids) if split_ids else None,
-        "keys": str(keys) if keys else None, "boxes": ["processed"] if processed_input else ["raw", "processed"],
+        "format": fmt, "input": portable_path(source, root), "split_ids": portable_path(split_ids, root) if split_ids else None,
+        "keys": portable_path(keys, root) if keys else None, "boxes": ["processed"] if processed_input else ["raw", "processed"],
     })
     logger.info("%s: split %r, %d clips, %d raw / %d processed boxes", root, split, clips.num_rows,
                 -1 if raw is None else raw.num_rows, processed.num_rows)

@@ -33,6 +33,7 @@ def test_convert_then_export_round_trips_raw_and_processed(tmp_path):
     assert "split val: 3 clips, 10 raw / 9 processed boxes" in result.output
     manifest = json.loads((out / "dataset.json").read_text())
     assert manifest["splits"] == {"val": 3} and manifest["sources"]["val"]["format"] == "howtoground"
+    assert manifest["sources"]["val"]["input"] == "../iGround_val_set_raw.pkl"  # relative to the dataset folder
     data = load_dataset(out, processed=False, split="val")
     assert set(data.clips["dataset"].to_pylist()) == {"iground"}
 
