@@ -10,7 +10,8 @@ entity drawn once, caption phrase or distractor), declarative ("the red cup move
 or, when its action is unique in the scene, interrogative ("what moves to the left?"); its tube is
 the longest run of native frames in which the object is visible (the stand-in's "temporal segment":
 what temporal grounding from the objectness curve must find); about 3 in 4 sentences are about an
-object that is seen for less than 90 % of the clip. `test.json` in TubeDETR's layout:
+object that is seen for less than half of the clip (scenes are drawn again until one holds such an
+object), so that predicting the whole clip is a weak temporal baseline. `test.json` in TubeDETR's layout:
 `videos[]` (one entry per sentence; start_frame/end_frame = the whole clip, tube_end_frame
 exclusive) and `trajectories[video][object]` = the object's visible-part box (xywh) on every
 native frame where it is visible. Videos under `videos/`.
@@ -58,7 +59,7 @@ from grove.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-STANDIN_VERSION = 1  # bump when a change alters what a (seed, stream, index) stand-in clip becomes
+STANDIN_VERSION = 2  # bump when a change alters what a (seed, stream, index) stand-in clip becomes
 BENCHMARKS = ("vidstg", "anet_entities")
 STREAMS = {"vidstg": 10, "anet_entities": 11}  # seed streams; the dataset's splits use 0..3
 DEFAULT_CLIPS = {"vidstg": 24, "anet_entities": 24}
@@ -67,7 +68,7 @@ CREATOR = "grove data synth"
 
 VIDSTG_SPLIT = "test"
 VIDSTG_FILE = "test.json"
-VIDSTG_PARTIAL_SHARE = 0.9  # a tube shorter than this share of the clip is "partial"
+VIDSTG_PARTIAL_SHARE = 0.5  # a tube shorter than this share of the clip is "partial"
 VIDSTG_PARTIAL_TUBES = 0.75  # share of sentences about an object seen only part of the time (others: any object)
 
 ANET_SPLIT = "val"
@@ -206,7 +207,7 @@ def object_name(scene: Scene, entity_index: int) -> str:
 
 def _vidstg_choice(scene: Scene, visibility: dict[int, FrameVisibility], rng: np.random.Generator, config: SynthConfig):
     n_frames = config.n_frames
-    min_run = max(3 * frame_step(config.fps), n_frames // 4)
+    min_run = max(3 * frame_step(config.fps), n_frames // 8)
     drawn = Counter(inst.entity for inst in scene.instances)
     visible = [set(visibility[f].object_ids) for f in range(n_frames)]
     candidates = []
