@@ -6,7 +6,9 @@ bad input are named and counted in the report. Exit statuses: 1 nothing could be
 file cannot be read (or a bad option); 3 a Java scorer failed; 4 (`iground`) some GT clips have
 predictions that cannot be read or aligned and `--skip-bad-clips` was not given (the report is still
 printed, with those clips listed and counted); 5 an unexpected internal error (a bug: the message
-names the exception).
+names the exception). `iground` reports the official and the corrected protocol side by side, every
+metric with its bootstrap interval over the scored clips and the per-clip statistics it was drawn from
+(evaluation/bootstrap.py), so that two models' JSON files can be compared pairwise later.
 """
 
 from __future__ import annotations

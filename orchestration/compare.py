@@ -13,6 +13,7 @@ statistics, which live in the run's report artifact (`REPORT_ARTIFACT`), the met
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,9 +181,18 @@ def paired_difference_cells(
 
 def run_report(client: Any, run_id: str, artifact: str = REPORT_ARTIFACT) -> dict[str, Any]:
     """The report JSON an evaluation run logged as an artifact."""
-    with tempfile.TemporaryDirectory(prefix="grove-compare-") as tmp:
-        path = client.download_artifacts(run_id, artifact, tmp)
-        return json.loads(Path(path).read_text())
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+    previous = os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
+    os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"  # one bar per row would bury the tables
+    try:
+        with tempfile.TemporaryDirectory(prefix="grove-compare-") as tmp:
+            return json.loads(Path(client.download_artifacts(run_id, artifact, tmp)).read_text())
+    finally:
+        if previous is None:
+            os.environ.pop(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, None)
+        else:
+            os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = previous
 
 
 def difference_table(client: Any, rows: Sequence[ComparisonRow], columns: Sequence[str], baseline: str,

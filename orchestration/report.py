@@ -84,9 +84,11 @@ def metric_table(
 ) -> Any:
     """A rich table: one row per (name, metrics), a metric a number or a `Cell` (value [interval]);
     `extra` adds (column name, one value per row)."""
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title, caption=caption)
+    # titles and captions are text: "[low, high]" would otherwise be read as rich markup and vanish
+    table = Table(title=escape(title), caption=escape(caption) if caption else None)
     table.add_column(label)
     for column in columns:
         table.add_column(column, justify="right")

@@ -151,11 +151,12 @@ def test_the_demo_prints_the_table_the_plot_the_experiment_and_working_ui_comman
     headers = [line for line in text.splitlines() if "METEOR" in line]
     assert [cell.strip() for cell in headers[0].split("┃")[1:6]] == ["pre-training", *HEADLINE]
     # per protocol: the table (sizes, then FT-only; x100 with intervals), then the sizes' paired differences
-    for index, protocol in enumerate(("official", "corrected")):
-        assert f"{protocol} protocol (" in text
-        for row in result.rows:
-            lines = [line for line in text.splitlines() if line.startswith(f"│ {row.label} ")]
-            cells = [cell.strip() for cell in lines[2 * index].split("│")[2:6]]
+    lines = text.splitlines()
+    for protocol in ("official", "corrected"):
+        title = next(i for i, line in enumerate(lines) if f"{protocol} protocol (" in line)
+        for row in result.rows:  # the first row of that label after the protocol's title: its table's
+            line = next(line for line in lines[title:] if line.startswith(f"│ {row.label} "))
+            cells = [cell.strip() for cell in line.split("│")[2:6]]
             part = row.under(protocol)
             assert cells == [f"{100 * part.metrics[m]:.2f} [{100 * part.intervals[m][0]:.2f}, {100 * part.intervals[m][1]:.2f}]"
                              for m in HEADLINE]
@@ -163,7 +164,7 @@ def test_the_demo_prints_the_table_the_plot_the_experiment_and_working_ui_comman
         assert difference[0] == "s (4)"
         assert all(difference[1][m].value == pytest.approx(100 * (result.rows[0].under(protocol).metrics[m]
                                                                   - result.rows[1].under(protocol).metrics[m])) for m in HEADLINE)
-    assert "95% percentile interval over the test clips, 1000 resamples, seed 0" in text
+    assert "[low, high]: 95% percentile interval over the test clips, 1000 resamples, seed 0" in text
     assert f"data-scaling plot: {result.plot}" in text and f"MLflow experiment: 'grove-tiny' in sqlite:///{root}" in text
     dagster_dev, mlflow_ui = result.ui_commands()
     assert dagster_dev in text and mlflow_ui in text and mlflow_ui.endswith(f"ui --backend-store-uri sqlite:///{root / 'mlflow.db'} --port 5000")
@@ -180,6 +181,7 @@ def test_the_demo_prints_the_table_the_plot_the_experiment_and_working_ui_comman
 def test_compare_prints_metrics_by_partition(lineage, tiny_profile, monkeypatch):
     _, root, _, _ = lineage
     monkeypatch.setenv("GROVE_RUNS", str(root))
+    monkeypatch.setenv("COLUMNS", "200")  # cells hold intervals: one line each on a wide terminal
     output = CliRunner().invoke(app, ["compare", "--profile", "tiny", "--params", str(tiny_profile.params_file)])
     assert output.exit_code == 0, output.output
     lines = [line for line in output.output.splitlines() if line.strip()]
@@ -190,7 +192,8 @@ def test_compare_prints_metrics_by_partition(lineage, tiny_profile, monkeypatch)
         cells = [cell.strip() for cell in line.split("│")[2:6]]
         assert cells == [str(row.cells(100.0)[name]) for name in HEADLINE], (partition, cells)
     # the paired differences from FT-only: the same as the demo's
-    assert "minus ft_only, paired on the same resamples" in output.output
+    assert "minus ft_only, paired on the same resamples" in output.output and "[low, high]: 95% interval" in output.output
+    assert "Downloading artifacts" not in output.output
     (line,) = [line for line in lines if line.startswith("│ s ") and "[" in line][1:]
     assert [cell.strip() for cell in line.split("│")[2:6]] == [str(result.differences["official"][0][1][m]) for m in HEADLINE]
     corrected = CliRunner().invoke(app, ["compare", "--profile", "tiny", "--params", str(tiny_profile.params_file),
