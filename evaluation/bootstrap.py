@@ -136,9 +136,10 @@ def percentile_interval(replicates: np.ndarray, confidence: float) -> tuple[floa
 def mean_replicates(counts: np.ndarray, values: np.ndarray, included: np.ndarray | None = None) -> np.ndarray:
     """[B]: the mean of per-clip `values` over the included clips of each resample (0 when none is drawn,
     as the evaluators' `mean` of nothing)."""
-    weights = counts if included is None else counts * np.asarray(included, bool)
-    total = weights @ np.asarray(values, np.float64)
-    drawn = weights.sum(axis=1)
+    counts = np.asarray(counts, np.float64)  # float counts: two BLAS matrix-vector products (exact for integer sums)
+    mask = np.ones(counts.shape[1]) if included is None else np.asarray(included, np.float64)
+    total = counts @ (np.asarray(values, np.float64) * mask)
+    drawn = counts @ mask
     return np.divide(total, drawn, out=np.zeros(len(counts)), where=drawn > 0)
 
 
@@ -187,6 +188,7 @@ class ClipStatistics:
 
     def replicates(self, counts: np.ndarray) -> dict[str, np.ndarray]:
         """Every metric's value on each resample ([B] per metric) for counts [B, n] (`resample_counts`)."""
+        counts = np.asarray(counts, np.float64)
         out = {name: mean_replicates(counts, values, included) for name, (values, included) in self.means.items()}
         for kind, stats in self.pooled.items():
             out.update(POOLED_REPLICATES[kind](counts, stats))
