@@ -34,6 +34,7 @@ it is; otherwise its annotations are rewritten and only missing or outdated vide
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -52,7 +53,7 @@ import yaml
 
 from grove.data.anet_entities import nearest_frame, slot_times
 from grove.data.frames import annotated_frame_ids, frame_step
-from grove.data.synthetic import MAX_SCENE_ATTEMPTS, SynthConfig, config_from_params, scene_is_valid
+from grove.data.synthetic import SynthConfig, config_from_params, scene_is_valid
 from grove.data.synthetic_render import FrameVisibility, encode_mp4, make_compositor, read_mp4_comment
 from grove.data.synthetic_scene import KINDS, Infeasible, Scene, article, canonical_action, sample_scene
 from grove.io import atomic_write_json
@@ -80,6 +81,9 @@ ANET_MIN_SEGMENT_S = 0.5  # GROVE's loader skips shorter segments
 _WORD = re.compile(r"[\w']+|[^\w\s]")
 _TAG = re.compile(r"<p>(.*?)</p>")
 ProgressFn = Callable[[int, int], None]
+# scene draws per stand-in clip: a clip may need a rare scene (an object seen for less than half of it);
+# a draw costs a few tens of milliseconds
+MAX_SCENE_ATTEMPTS = 400
 
 
 @dataclass(frozen=True)
@@ -205,7 +209,8 @@ def object_name(scene: Scene, entity_index: int) -> str:
     return f"the {entity.colour} {spec.nouns[0]}"
 
 
-def _vidstg_choice(scene: Scene, visibility: dict[int, FrameVisibility], rng: np.random.Generator, config: SynthConfig):
+def _vidstg_choice(scene: Scene, visibility: dict[int, FrameVisibility], rng: np.random.Generator, config: SynthConfig,
+                   short_tube: bool = False):
     n_frames = config.n_frames
     min_run = max(3 * frame_step(config.fps), n_frames // 8)
     drawn = Counter(inst.entity for inst in scene.instances)
@@ -218,7 +223,7 @@ def _vidstg_choice(scene: Scene, visibility: dict[int, FrameVisibility], rng: np
         if run is not None and run[1] - run[0] + 1 >= min_run:
             candidates.append((inst, run))
     partial = [c for c in candidates if c[1][1] - c[1][0] + 1 < VIDSTG_PARTIAL_SHARE * n_frames]
-    pool = partial if rng.random() < VIDSTG_PARTIAL_TUBES else candidates
+    pool = partial if short_tube else candidates
     if not pool:
         return None  # draw another scene
     inst, run = pool[int(rng.integers(len(pool)))]
@@ -240,7 +245,11 @@ def _vidstg_choice(scene: Scene, visibility: dict[int, FrameVisibility], rng: np
 
 def vidstg_clip(task: StandinTask) -> StandinClip:
     """One VidSTG-like sentence: its `videos[]` entry and its target's trajectory."""
-    (inst, entity, run, qtype, sentence, trajectory), encoded = _render(task, _vidstg_choice)
+    # whether this sentence is about an object seen for less than half of the clip: decided once per clip
+    # (a stream of its own), so the share does not depend on how rare such scenes are
+    short_tube = np.random.default_rng([task.config.seed, STREAMS["vidstg"], task.index, 1]).random() < VIDSTG_PARTIAL_TUBES
+    choose = functools.partial(_vidstg_choice, short_tube=short_tube)
+    (inst, entity, run, qtype, sentence, trajectory), encoded = _render(task, choose)
     config, original = task.config, video_id("vidstg", task.index)
     video = {
         "original_video_id": original, "video_id": task.index, "video_path": f"videos/{original}.mp4",
