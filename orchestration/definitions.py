@@ -20,6 +20,7 @@ from orchestration.defs.evaluation import assets as evaluation_assets
 from orchestration.defs.evaluation import grounding as grounding_assets
 from orchestration.defs.models import assets as model_assets
 from orchestration.defs.raw_videos import assets as raw_video_assets
+from orchestration.defs.reports import assets as report_assets
 from orchestration.defs.scaling import assets as scaling_assets
 from orchestration.profile import REPO_ROOT, Profile, load_profile, runs_root
 from orchestration.resources import DvcResource, MlflowResource, PipelinePaths, TorchrunLauncher
@@ -63,6 +64,7 @@ def build_definitions(
         *evaluation_assets.build(profile),
         *grounding_assets.build(profile),
     ]
+    assets += report_assets.build(profile, report_assets.report_inputs(assets))
     return dg.Definitions(
         assets=assets,
         sensors=sensors.build(profile),

@@ -13,7 +13,7 @@ from orchestration.defs.common import FT_ONLY, dvc_stage
 from orchestration.profile import REPO_ROOT, load_profile
 from orchestration.resources import LAYOUT, TorchrunLauncher
 
-GROUPS = {"raw_videos", "annotation", "benchmarks", "scaling", "models", "evaluation"}
+GROUPS = {"raw_videos", "annotation", "benchmarks", "scaling", "models", "evaluation", "reports"}
 GPU_ASSETS = {"pretrained_model", "finetuned_model", "iground_predictions", "vidstg_predictions", "anet_entities_predictions"}
 
 
