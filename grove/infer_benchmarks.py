@@ -61,6 +61,16 @@ def _progress(done: int, total: int, started: float, what: str, callback: Progre
         logger.info("%s: %d/%d (%.2f/s, ETA %.0fs)", what, done, total, rate, (total - done) / rate)
 
 
+def _each_clip(dataset_dir: str | Path, split: str, max_clips: int | None, what: str, callback: ProgressCallback | None):
+    """(dataset, row, the row's `extra`) for each clip of a split, with progress reported after each."""
+    dataset = load_dataset(dataset_dir, split=split)
+    rows = dataset.clips.to_pylist()[:max_clips]
+    started = time.perf_counter()
+    for done, row in enumerate(rows, start=1):
+        yield dataset, row, json.loads(row["extra"] or "{}")
+        _progress(done, len(rows), started, what, callback)
+
+
 def _load(model: GroveModel | None, checkpoint: str | Path | None, device: str) -> GroveModel:
     if model is not None:
         return model
@@ -85,12 +95,8 @@ def predict_vidstg(
 ) -> dict[str, dict[str, Any]]:
     """VidSTG predictions of a converted VidSTG split (grove.data.vidstg), keyed by sentence id (see the module docstring)."""
     model = _load(model, checkpoint, device)
-    dataset = load_dataset(dataset_dir, split=split)
-    rows = dataset.clips.to_pylist()[:max_clips]
     out: dict[str, dict[str, Any]] = {}
-    started = time.perf_counter()
-    for done, row in enumerate(rows, start=1):
-        extra = json.loads(row["extra"] or "{}")
+    for dataset, row, extra in _each_clip(dataset_dir, split, max_clips, "vidstg", callback):
         fps, size = float(row["fps"]), (int(row["width"]), int(row["height"]))
         tube = annotated_frame_ids(fps, row["clip_start_frame"], row["clip_end_frame"], row["num_frames"] or None)
         step = frame_step(fps)
@@ -111,7 +117,6 @@ def predict_vidstg(
             record["temporal"] = {"start_s": found.start_s, "end_s": found.end_s, "frame_ids": grid,
                                   "objectness": [round(p, 6) for p in found.probs], "threshold": threshold}
         out[str(extra.get("video_id", row["clip_id"]))] = record
-        _progress(done, len(rows), started, "vidstg", callback)
     return out
 
 
@@ -162,12 +167,8 @@ def predict_anet_entities(
     from grove.data import video as video_io
 
     model = _load(model, checkpoint, device)
-    dataset = load_dataset(dataset_dir, split=split)
-    rows = dataset.clips.to_pylist()[:max_clips]
     results: dict[str, dict[str, Any]] = {}
-    started = time.perf_counter()
-    for done, row in enumerate(rows, start=1):
-        extra = json.loads(row["extra"] or "{}")
+    for dataset, row, extra in _each_clip(dataset_dir, split, max_clips, "anet_entities", callback):
         start, end = (float(t) for t in extra["timestamps"])
         path = dataset.video_file(row["video_path"])
         reader_kind = video_io.PyAVReader if video_backend == "pyav" else video_backend
@@ -179,6 +180,5 @@ def predict_anet_entities(
         entry = anet_segment(model, frames, size, max_new_tokens)
         entry["frame_ids"] = frame_ids
         results.setdefault(str(row["video_id"]), {})[str(row["clip_id"])] = entry
-        _progress(done, len(rows), started, "anet_entities", callback)
     return {"results": results, "eval_mode": "gen",
             "external_data": {"used": False, "details": "GROVE; the grounding head reads the model's own video features."}}
