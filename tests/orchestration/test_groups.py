@@ -15,6 +15,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from grove.data.dataset import load_dataset
+from grove.train import read_train_config
 from orchestration.cli import app
 from orchestration.definitions import build_definitions, experiment_name
 from orchestration.demo import run_demo
@@ -102,7 +103,8 @@ def test_models_group_trains_through_pipes_into_mlflow(lineage):
         assert run.data.params["max_steps"] == "1"
         assert mlflow.client().get_metric_history(run.info.run_id, "train/loss")  # the curve sent over Pipes
     finetune_config = json.loads((paths.path("finetuned", "s") / "train_config.json").read_text())
-    assert finetune_config["init"] == str(paths.path("pretrained", "s"))
+    assert finetune_config["init"] == "../../pretrain/s"  # paths relative to the training folder: no absolute path
+    assert read_train_config(paths.path("finetuned", "s")).init == str(paths.path("finetuned", "s") / "../../pretrain/s")
     assert json.loads((paths.path("finetuned", "ft_only") / "train_config.json").read_text())["init"] is None
     champion = mlflow.client().get_model_version_by_alias(mlflow.registered_model, "champion")
     assert champion.tags["partition"] == latest(instance, "champion_model").metadata["chosen"].value
