@@ -167,6 +167,12 @@ def test_the_demo_prints_the_table_the_plot_the_experiment_and_working_ui_comman
         assert all(difference[1][m].value == pytest.approx(100 * (result.rows[0].under(protocol).metrics[m]
                                                                   - result.rows[1].under(protocol).metrics[m])) for m in HEADLINE)
     assert "[low, high]: 95% percentile interval over the test clips, 1000 resamples, seed 0" in text
+    # the paper's other two tables: VidSTG msIoU (and the query's temporal grounding), ActivityNet-Entities F1
+    assert [title for title, _, _ in result.grounding] == ["VidSTG test", "ActivityNet-Entities val"]
+    assert "VidSTG test (x100), official protocol" in text and "ActivityNet-Entities val (x100), official protocol" in text
+    (_, vidstg_columns, vidstg_rows), (_, anet_columns, anet_rows) = result.grounding
+    assert vidstg_columns[0] == "msIoU" and anet_columns[0] == "F1_all"
+    assert [row.label for row in vidstg_rows] == [row.label for row in anet_rows] == [row.label for row in result.rows]
     assert f"data-scaling plot: {result.plot}" in text and f"MLflow experiment: 'grove-tiny' in sqlite:///{root}" in text
     dagster_dev, mlflow_ui = result.ui_commands()
     assert dagster_dev in text and mlflow_ui in text and mlflow_ui.endswith(f"ui --backend-store-uri sqlite:///{root / 'mlflow.db'} --port 5000")

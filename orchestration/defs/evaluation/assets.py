@@ -65,12 +65,13 @@ def point_of(label: str, clips: int | None, section: dict, protocol: str) -> Sca
                         protocol)
 
 
-def scaling_points(profile: Profile, paths: PipelinePaths) -> list[ScalingPoint]:
-    """Rows of the data-scaling table: one per pre-training size, then FT-only (clips=None); each under the
-    metrics file's primary protocol (official), with the other protocols' numbers in `other_protocols`."""
+def scaling_points(profile: Profile, paths: PipelinePaths, benchmark: str = "iground") -> list[ScalingPoint]:
+    """Rows of the data-scaling table of a benchmark's metrics (metrics/<benchmark>/<variant>.json): one per
+    pre-training size, then FT-only (clips=None); each under the metrics file's primary protocol (official),
+    with the other protocols' numbers in `other_protocols`."""
     points = []
     for variant in [*profile.sizes, FT_ONLY]:
-        report = json.loads(metrics_file(paths, variant).read_text())
+        report = json.loads(paths.path("metrics", benchmark, f"{variant}.json").read_text())
         clips = None if variant == FT_ONLY else subset_clips(paths, variant)
         label = variant_label(variant, clips)
         point = point_of(label, clips, report, report["protocol"].get("preset", "official"))

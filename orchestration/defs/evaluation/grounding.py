@@ -65,6 +65,11 @@ def configured(profile: Profile) -> list[str]:
     return [name for name in BENCHMARKS if profile.get(f"benchmarks.{name}", None)]
 
 
+def split_of(profile: Profile, name: str) -> str:
+    """The split of a benchmark that the lineage predicts and scores."""
+    return str(profile.get(f"benchmarks.{name}.split", DEFAULT_SPLIT[name]))
+
+
 def headline_metrics(profile: Profile, name: str) -> list[str]:
     """What a benchmark's table shows: VidSTG msIoU (all sentences, each qtype in the file) and the temporal
     R1@m / mIoU; ActivityNet-Entities F1_all / F1_loc and their per-sentence variants."""
@@ -87,7 +92,7 @@ def evaluate(profile: Profile, paths: PipelinePaths, name: str, variant: str) ->
     from evaluation.bootstrap import BootstrapSettings, add_intervals
 
     source = benchmark_source(profile, paths, name)
-    split = str(profile.get(f"benchmarks.{name}.split", DEFAULT_SPLIT[name]))
+    split = split_of(profile, name)
     predictions = json.loads(predictions_file(paths, name, variant).read_text())
     bootstrap = BootstrapSettings.from_mapping(profile.get("evaluation.bootstrap", None))
     if name == "vidstg":
@@ -117,7 +122,7 @@ def evaluate(profile: Profile, paths: PipelinePaths, name: str, variant: str) ->
 
 def _benchmark_assets(profile: Profile, name: str) -> list:
     variants = variant_partitions(profile)
-    split = str(profile.get(f"benchmarks.{name}.split", DEFAULT_SPLIT[name]))
+    split = split_of(profile, name)
     threshold = float(profile.get("inference.objectness_threshold"))
     threads = int(profile.get("inference.threads", 1))
     temporal = bool(profile.get("benchmarks.vidstg.temporal", True)) if name == "vidstg" else False
