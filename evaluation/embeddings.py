@@ -97,6 +97,14 @@ def _load(source: str, name: str, device: str) -> PhraseEmbedder:
     return PhraseEmbedder(name=name, source=source, tokenizer=tokenizer, model=model)
 
 
+def _load_packaged(device: str) -> PhraseEmbedder:
+    """The packaged MiniLM, described by its name alone: where pip put it (a venv inside the checkout) would
+    make the metric files that record it differ between clones."""
+    embedder = _load(str(packaged_model_path()), PACKAGED_NAME, device)
+    embedder.source = PACKAGED_NAME
+    return embedder
+
+
 def load_phrase_embedder(model: str = "auto", device: str = "cpu") -> PhraseEmbedder:
     """Load the phrase embedder: "auto" (the official BERT if available offline, else the packaged
     MiniLM), "bert-base-uncased", "all-MiniLM-L6-v2", or a local model folder."""
@@ -106,9 +114,9 @@ def load_phrase_embedder(model: str = "auto", device: str = "cpu") -> PhraseEmbe
         except EmbeddingModelError:
             log.warning("%s is not available offline; phrase similarity uses %s instead (recorded in the output)",
                         OFFICIAL_MODEL, PACKAGED_NAME)
-            return _load(str(packaged_model_path()), PACKAGED_NAME, device)
+            return _load_packaged(device)
     if model.lower() in (PACKAGED_MODEL.lower(), "minilm", PACKAGED_NAME.lower()):
-        return _load(str(packaged_model_path()), PACKAGED_NAME, device)
+        return _load_packaged(device)
     if os.path.isdir(model):
         return _load(os.path.abspath(model), os.path.abspath(model), device)
     if model == OFFICIAL_MODEL:

@@ -96,10 +96,6 @@ def test_no_dvc_versioned_output_records_its_runs_root(two_roots, tiny_profile):
     assert _holding(two_roots, outputs, "{root}") == []
 
 
-# The phrase-similarity model's description in the metric files names where the packaged model was
-# loaded from: the .venv inside the checkout (evaluation/embeddings.py, PhraseEmbedder.describe).
-# Two runs in one checkout agree, clones in two folders do not.
-@pytest.mark.xfail(strict=True, reason="metrics/iground/*.json name the packaged embedding model's path in the checkout's .venv")
 def test_no_dvc_versioned_output_records_the_checkout_folder(two_roots, tiny_profile):
     outputs = dvc_outputs(tiny_profile)
     assert _holding(two_roots, outputs, str(REPO_ROOT)) == []
