@@ -11,25 +11,19 @@ from __future__ import annotations
 import json
 import time
 
-from orchestration.pipes_side import pipes_on_rank_zero, rank, read_extras
+from orchestration.pipes_side import inference_setup, pipes_on_rank_zero, rank, read_extras
 
 
 def main() -> None:
     if rank() != 0:
         return
-    import torch
-
     from grove.infer_benchmarks import predict_anet_entities, predict_vidstg
     from grove.io import atomic_write_text
-    from grove.train import pick_device, resolve_checkpoint
 
     extras = read_extras()
     with pipes_on_rank_zero() as pipes:
         started = time.perf_counter()
-        device = pick_device(extras.get("device", "auto"))
-        if device.type == "cpu":
-            torch.set_num_threads(max(1, int(extras.get("threads", 1))))
-        checkpoint = resolve_checkpoint(extras["checkpoint"])
+        device, checkpoint = inference_setup(extras)
         benchmark = extras["benchmark"]
         if benchmark == "vidstg":
             predictions = predict_vidstg(checkpoint, extras["dataset"], split=extras["split"], temporal=bool(extras.get("temporal", True)),

@@ -10,25 +10,19 @@ from __future__ import annotations
 
 import time
 
-from orchestration.pipes_side import pipes_on_rank_zero, rank, read_extras
+from orchestration.pipes_side import inference_setup, pipes_on_rank_zero, rank, read_extras
 
 
 def main() -> None:
     if rank() != 0:
         return
-    import torch
-
     from grove.data.predictions import write_predictions
     from grove.infer import predict_dataset
-    from grove.train import pick_device, resolve_checkpoint
 
     extras = read_extras()
     with pipes_on_rank_zero() as pipes:
         started = time.perf_counter()
-        device = pick_device(extras.get("device", "auto"))
-        if device.type == "cpu":
-            torch.set_num_threads(max(1, int(extras.get("threads", 1))))
-        checkpoint = resolve_checkpoint(extras["checkpoint"])
+        device, checkpoint = inference_setup(extras)
         predictions = predict_dataset(
             checkpoint,
             extras["dataset"],

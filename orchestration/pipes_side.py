@@ -64,3 +64,16 @@ def pipes_on_rank_zero(loggers: tuple[str, ...] = ("grove", "evaluation")) -> It
         finally:
             for name in loggers:
                 logging.getLogger(name).removeHandler(handler)
+
+
+def inference_setup(extras: dict[str, Any]) -> tuple[Any, Any]:
+    """(device, checkpoint) of an inference process: the extras' device (`auto` picks), and on the CPU
+    `threads` intra-op threads (as `grove infer --threads`: the same count gives the same floats)."""
+    import torch
+
+    from grove.train import pick_device, resolve_checkpoint
+
+    device = pick_device(extras.get("device", "auto"))
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(extras.get("threads", 1))))
+    return device, resolve_checkpoint(extras["checkpoint"])
