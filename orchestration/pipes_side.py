@@ -27,8 +27,16 @@ def read_extras() -> dict[str, Any]:
         return dict(data.get("extras") or {})
 
 
+MAX_LOG_CHARS = 1000  # longer records are cut before they reach the Pipes message file
+
+
 class _PipesLogHandler(logging.Handler):
-    """Forwards library log records to Dagster's event log, so training progress streams to the UI."""
+    """Forwards library log records to Dagster's event log, so training progress streams to the UI.
+
+    A record is cut to MAX_LOG_CHARS: Dagster's file message reader tails the file while it is written,
+    and a line of many kilobytes (a degenerate model's repeated caption in a warning) can be read half
+    written, which kills its reader thread and loses every later message, the materialisation included.
+    """
 
     def __init__(self, pipes: PipesContext) -> None:
         super().__init__(level=logging.INFO)
@@ -37,6 +45,8 @@ class _PipesLogHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             message = self.format(record)
+            if len(message) > MAX_LOG_CHARS:
+                message = f"{message[:MAX_LOG_CHARS]}… ({len(message)} characters, cut)"
             if record.levelno >= logging.ERROR:
                 self.pipes.log.error(message)
             elif record.levelno >= logging.WARNING:

@@ -254,3 +254,28 @@ def test_k8s_launcher_says_what_to_install_when_dagster_k8s_is_absent(monkeypatc
 
     with pytest.raises(LauncherError, match="pip install dagster-k8s"):
         dg.materialize([on_cluster], resources={"launcher": K8sLauncher(image="grove:latest")})
+
+
+def test_pipes_log_records_are_cut_before_they_reach_the_message_file():
+    """A degenerate model's warning repeats its caption for kilobytes; Dagster's file reader, tailing the
+    message file, could read such a line half written and lose every later message (seen in a demo run)."""
+    import logging
+
+    from orchestration.pipes_side import MAX_LOG_CHARS, _PipesLogHandler
+
+    class Log:
+        def __init__(self):
+            self.sent = []
+
+        def warning(self, message):
+            self.sent.append(message)
+
+        info = error = warning
+
+    pipes = type("Pipes", (), {"log": Log()})()
+    handler = _PipesLogHandler(pipes)
+    record = logging.LogRecord("grove.model.grove", logging.WARNING, __file__, 1, "answer 0: %r", ("in a hand " * 2000,), None)
+    handler.emit(record)
+    handler.emit(logging.LogRecord("grove.train", logging.INFO, __file__, 1, "step 100/1500", None, None))
+    long, short = pipes.log.sent
+    assert len(long) < MAX_LOG_CHARS + 60 and long.endswith("characters, cut)") and short == "step 100/1500"
