@@ -336,7 +336,8 @@ class GroveModel(nn.Module):
         phrases = [list(parse_answer(t).phrases) for t in texts]
         for b, count in enumerate(valid.sum(1).tolist()):
             if len(phrases[b]) != count:
-                logger.warning("answer %d has %d [DET] but %d <p> phrases: %r", b, count, len(phrases[b]), texts[b])
+                text = texts[b] if len(texts[b]) <= 160 else f"{texts[b][:160]}… ({len(texts[b])} characters)"
+                logger.warning("answer %d has %d [DET] but %d <p> phrases: %r", b, count, len(phrases[b]), text)
         if single:
             return GroundingResult(boxes[0], logits[0], phrases[0])
         return GroundingResult(boxes, logits, phrases)

@@ -51,6 +51,7 @@ def test_vidstg_benchmark_converts_each_split_from_its_folder(tmp_path, monkeypa
     assert materialization.metadata["clips_test"].value == 2 and materialization.metadata["clips_val"].value == 2
     dataset = load_dataset(paths.path("benchmarks", "vidstg"))
     assert dataset.splits == ["test", "val"]
+    assert dataset.manifest["name"] == "vidstg"  # the folder's own name, not its staging folder's
     assert all(dataset.video_file(p).resolve() == (folder / "2727" / "2727682922.mp4").resolve() for p in dataset.clips["video_path"].to_pylist())
 
 

@@ -50,6 +50,7 @@ def convert_splits(
     """Convert each split's official file into a fresh dataset folder `out` whose video paths resolve
     from the folder itself (a staging copy replaces `out` only when complete)."""
     from grove.data.convert import convert_to_dataset
+    from grove.data.dataset import read_manifest, write_manifest
 
     staging = out.parent / f".{out.name}.building"
     shutil.rmtree(staging, ignore_errors=True)
@@ -59,6 +60,8 @@ def convert_splits(
         counts[f"clips_{split}"] = summary.clips
         counts[f"raw_boxes_{split}"] = summary.raw_boxes or 0
     rebase_video_paths(staging, video_root, home=out)
+    manifest = read_manifest(staging)  # named after the folder it was built in: name the one it becomes
+    write_manifest(staging, manifest | {"name": out.name})
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     return counts
@@ -168,7 +171,7 @@ def _external_benchmark(profile: Profile, name: str) -> list:
         group_name=GROUP,
         kinds={"python", "parquet"},
         owners=OWNERS[GROUP],
-        code_version=code_version(profile, "1", *conversion_keys),
+        code_version=code_version(profile, "2", *conversion_keys),
         automation_condition=dg.AutomationCondition.eager(),
         description=f"{name}'s splits converted from the official {fmt} files ({where}) into the canonical clip "
         "and box tables (`grove data convert`).",
@@ -208,7 +211,7 @@ def build(profile: Profile) -> list:
         group_name=GROUP,
         kinds={"python", "parquet"},
         owners=OWNERS[GROUP],
-        code_version=code_version(profile, "1", "benchmarks.iground"),
+        code_version=code_version(profile, "2", "benchmarks.iground"),
         automation_condition=dg.AutomationCondition.eager(),
         description="iGround's train/val/test splits converted from the official raw pickles into the "
         "canonical clip and box tables (raw and union-merged processed boxes).",
