@@ -27,17 +27,17 @@ is a ClipFailure; no clip raises.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from grove.io import exclusive_lock
 from annotation.records import Box, ClipFailure, ClipFrames, ClipRequest, FrameAnnotation
 from annotation.stage1 import Stage1Context
 
@@ -50,20 +50,6 @@ IMPORT_LAYOUT = "glamm-native-sam-1"  # changes when the on-the-fly import would
 def default_cache_dir() -> Path:
     root = os.environ.get("GROVE_CACHE_DIR")
     return Path(root) / "glamm" if root else Path.home() / ".cache" / "grove" / "glamm"
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on `path` (POSIX flock): one process imports a checkpoint, the others wait."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def resolve_glamm_checkpoint(model: str | Path, clip: str | None = None, cache_dir: str | Path | None = None,
@@ -91,7 +77,7 @@ def resolve_glamm_checkpoint(model: str | Path, clip: str | None = None, cache_d
     out = root / f"{path.resolve().name}-{digest}"
     if is_full_checkpoint(out):
         return out
-    with _file_lock(root / f".{out.name}.lock"):
+    with exclusive_lock(root / f".{out.name}.lock"):
         if not is_full_checkpoint(out):
             size = native_grounding_size(path)
             logger.info("glamm: importing %s into %s (SAM at its own %d px)", path, out, size)

@@ -60,8 +60,6 @@ are the plain functions it calls (no Dagster here).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -70,7 +68,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -92,7 +90,7 @@ from annotation.records import (
 from grove.data.boxes import merge_same_phrase_boxes
 from grove.data.dataset import DatasetPaths, write_manifest
 from grove.data.schema import BOX_SCHEMA, CLIP_SCHEMA, box_table, read_clips, sort_boxes, write_table
-from grove.io import atomic_write_json
+from grove.io import atomic_write_json, exclusive_lock
 
 logger = logging.getLogger(__name__)
 
@@ -438,18 +436,6 @@ def _replay(folder: Path, files: list[Path]) -> ShardPlan:
     return ShardPlan(folder, shards, tuple(generations), live, generation_of, {s.name: s for s in shards})
 
 
-@contextlib.contextmanager
-def _plan_lock(folder: Path) -> Iterator[None]:
-    """One planner at a time per output folder (a sensor tick and an asset run may plan together)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def update_plan(catalog: Catalog | str | Path, out_dir: str | Path, shard_size: int,
                 clip_seconds: float | None = None) -> ShardPlan:
     """Bring the plan up to date with the catalog: a new generation if the catalog added, changed or
@@ -459,7 +445,8 @@ def update_plan(catalog: Catalog | str | Path, out_dir: str | Path, shard_size: 
     if shard_size < 1:
         raise ValueError(f"shard size must be >= 1, got {shard_size}")
     folder = plan_dir(out_dir)
-    with _plan_lock(folder):
+    # one planner at a time per output folder (a sensor tick and an asset run may plan together)
+    with exclusive_lock(folder / ".lock"):
         plan = load_plan(out_dir)
         stamp = catalog.stamp() if isinstance(catalog, Catalog) else catalog_stamp(catalog, clip_seconds)
         try:

@@ -60,3 +60,19 @@ def resolve_recorded(recorded: str | os.PathLike[str], start: str | os.PathLike[
     """The path a `portable_path` names, seen from `start` (an absolute path, as older outputs hold, is kept)."""
     path = Path(recorded)
     return path if path.is_absolute() else Path(start) / path
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: str | os.PathLike[str]) -> Iterator[None]:
+    """A cross-process exclusive lock on a file (POSIX flock), created with its folder if missing;
+    concurrent holders wait for each other."""
+    import fcntl
+
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -7,7 +7,6 @@ stays fast and needs neither.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -25,6 +24,7 @@ import dagster as dg
 import yaml
 from pydantic import Field
 
+from grove.io import exclusive_lock
 from orchestration.profile import REPO_ROOT
 
 log = logging.getLogger(__name__)
@@ -316,18 +316,6 @@ def combine_versions(hashes: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(hashes).encode()).hexdigest()[:32]
 
 
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """A cross-process lock: DVC's own repository lock fails instead of waiting (dvc #10752)."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 class DvcResource(dg.ConfigurableResource):
     """Runs DVC one command at a time, and turns DVC output hashes into Dagster data versions.
 
@@ -349,7 +337,8 @@ class DvcResource(dg.ConfigurableResource):
 
     def run(self, *args: str) -> str:
         command = [self.dvc_executable(), *args]
-        with _exclusive(Path(self.repo) / ".dvc" / "tmp" / "grove-serial.lock"):
+        # DVC's own repository lock fails instead of waiting (dvc #10752)
+        with exclusive_lock(Path(self.repo) / ".dvc" / "tmp" / "grove-serial.lock"):
             try:
                 proc = subprocess.run(
                     command, cwd=self.repo, capture_output=True, text=True, timeout=self.timeout_s, check=False

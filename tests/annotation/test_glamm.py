@@ -42,18 +42,11 @@ from grove.data.video import DecodeError, open_video
 from tests.annotation.conftest import FPS, HEIGHT, SECONDS, WIDTH
 from tests.model.test_glamm import export_glamm_layout, import_tiny_glamm, load_gcg, train_gcg, write_tiny_glamm
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 KEYS = ("vid0000_0", "vid0003_0", "vid0005_0")  # two clips of the cup-and-box scene, and the corrupt video
 PHRASES = {"a small red cup", "a large blue box"}
 OPTIONS = {"decoder_heads": 2, "max_new_tokens": 40, "batch_size": 4, "device": "cpu"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models on a shared 2-core machine: one thread avoids OpenMP oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 COLOURS = {"red": (220, 40, 40), "blue": (40, 60, 220)}

@@ -27,6 +27,8 @@ from grove.model.glamm import (GCG_INSTRUCTION, GlammGcg, GlammPreprocessor, _Sp
                                parse_segments)
 from grove.weights.importer import WeightsImportError, import_checkpoint, native_grounding_size
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 STANDIN_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "make_standin_glamm.py"
 SAM_SIZE = 64  # the sam_encoder fixture: 32 x 32 patches of 2 px
 Box = tuple[float, float, float, float]
@@ -165,15 +167,6 @@ def shapes_image(height: int, width: int, boxes: Sequence[Box], seed: int) -> np
 
 
 # ---------------------------------------------------------------------------- fixtures
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models on a shared 2-core machine: one thread avoids OpenMP oversubscription (40x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def raw_glamm(tmp_path_factory) -> Path:
     return write_tiny_glamm(tmp_path_factory.mktemp("glamm") / "GLaMM-tiny")

@@ -37,6 +37,8 @@ from orchestration.resources import DvcResource, PipelinePaths
 from orchestration.sensors import sync_shard_partitions
 from tests.model.test_glamm import export_glamm_layout, load_gcg, train_gcg, write_tiny_glamm
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO = Path(__file__).resolve().parents[2]
 ANSWER = "<p> a globe </p> [SEG] turns slowly with <p> green land </p> [SEG] on it."
 CUTS = {"globe_a.mp4": (0.0, None), "globe_b.mp4": (3.0, (320, 180)), "globe_c.mp4": (6.0, None)}  # start s, size
@@ -88,14 +90,6 @@ def answer_boxes(frame: np.ndarray) -> list[tuple[float, float, float, float]]:
     """The globe (everything but the white page) and its land (the dark green), by colour."""
     rgb = frame.astype(int)
     return [extent(rgb.sum(-1) < 3 * 235), extent((rgb[..., 1] < 110) & (rgb[..., 0] < 90))]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
