@@ -182,3 +182,25 @@ def predict_anet_entities(
         results.setdefault(str(row["video_id"]), {})[str(row["clip_id"])] = entry
     return {"results": results, "eval_mode": "gen",
             "external_data": {"used": False, "details": "GROVE; the grounding head reads the model's own video features."}}
+
+
+def predict_benchmark(
+    benchmark: str,
+    checkpoint: str | Path | None,
+    dataset_dir: str | Path,
+    split: str,
+    temporal: bool = True,
+    threshold: float = 0.5,
+    device: str = "cpu",
+    callback: ProgressCallback | None = None,
+) -> tuple[dict[str, Any], int]:
+    """One benchmark's predictions in its official layout, and how many clips (VidSTG sentences,
+    ActivityNet-Entities segments) they cover."""
+    if benchmark == "vidstg":
+        predictions = predict_vidstg(checkpoint, dataset_dir, split=split, temporal=temporal, threshold=threshold,
+                                     device=device, callback=callback)
+        return predictions, len(predictions)
+    if benchmark == "anet_entities":
+        predictions = predict_anet_entities(checkpoint, dataset_dir, split=split, device=device, callback=callback)
+        return predictions, sum(len(segments) for segments in predictions["results"].values())
+    raise ValueError(f"unknown benchmark {benchmark!r}: vidstg or anet_entities")

@@ -27,7 +27,7 @@ app.add_typer(eval_app, name="eval", help="Evaluate predictions: iGround, VidSTG
 app.command("demo")(demo_command)
 app.command("compare")(compare_command)
 app.command("report")(report_command)
-app.add_typer(pipeline_app, name="pipeline", help="Lineage steps of the orchestration layer, for DVC stages (iground, subset, curve).")
+app.add_typer(pipeline_app, name="pipeline", help="Lineage steps of the orchestration layer, for DVC stages (iground, subset, standin, benchmark, predict-benchmark, evaluate-benchmark, curve).")
 
 
 @app.callback()

@@ -161,3 +161,78 @@ def curve_command(profile: Optional[str] = PROFILE_OPTION, params: Optional[Path
     plot, table = write_curve(chosen, _paths(chosen))
     typer.echo(f"data-scaling curve: {plot} (table: {table})")
 
+
+BENCHMARK_OPTION = typer.Option(..., "--benchmark", help="vidstg or anet_entities (a benchmark the profile names).")
+VARIANT_OPTION = typer.Option(..., "--variant", help="Fine-tuned variant: a pre-training size or ft_only.")
+
+
+def _benchmark(chosen, name: str) -> None:
+    from orchestration.defs.evaluation.grounding import configured
+
+    if name not in configured(chosen):
+        _fail(f"{chosen.params_file}: profile '{chosen.name}' names no benchmark '{name}' (it names: {', '.join(configured(chosen)) or 'none'})")
+
+
+def _benchmark_variant(profile: Optional[str], params: Optional[Path], benchmark: str, variant: str):
+    """(profile, paths) after checking that the profile names the benchmark and the fine-tuned variant."""
+    from orchestration.defs.common import FT_ONLY
+
+    chosen = _profile(profile, params)
+    _benchmark(chosen, benchmark)
+    if variant not in (*chosen.sizes, FT_ONLY):
+        _fail(f"{chosen.params_file}: profile '{chosen.name}' has no fine-tuned variant '{variant}' (variants: {', '.join([*chosen.sizes, FT_ONLY])})")
+    return chosen, _paths(chosen)
+
+
+@pipeline_app.command("standin")
+def standin_command(benchmark: str = BENCHMARK_OPTION, profile: Optional[str] = PROFILE_OPTION, params: Optional[Path] = PARAMS_OPTION) -> None:
+    """The synthetic stand-in of VidSTG or ActivityNet-Entities (the `<benchmark>_synthetic` asset)."""
+    from orchestration.defs.benchmarks.assets import uses_standin, write_standin
+
+    chosen = _profile(profile, params)
+    _benchmark(chosen, benchmark)
+    if not uses_standin(chosen, benchmark):
+        _fail(f"{chosen.params_file}: benchmarks.{benchmark} of profile '{chosen.name}' reads official files, not a stand-in")
+    summary = write_standin(chosen, _paths(chosen), benchmark)
+    typer.echo(f"{benchmark} stand-in: {summary.root} ({summary.clips} clips)")
+
+
+@pipeline_app.command("benchmark")
+def benchmark_command(benchmark: str = BENCHMARK_OPTION, profile: Optional[str] = PROFILE_OPTION, params: Optional[Path] = PARAMS_OPTION) -> None:
+    """VidSTG or ActivityNet-Entities in the canonical tables (the `<benchmark>_benchmark` asset)."""
+    from orchestration.defs.benchmarks.assets import build_benchmark
+
+    chosen = _profile(profile, params)
+    _benchmark(chosen, benchmark)
+    paths = _paths(chosen)
+    counts = build_benchmark(chosen, paths, benchmark)
+    typer.echo(f"{benchmark} benchmark: {paths.path('benchmarks', benchmark)} ({counts})")
+
+
+@pipeline_app.command("predict-benchmark")
+def predict_benchmark_command(
+    benchmark: str = BENCHMARK_OPTION, variant: str = VARIANT_OPTION,
+    profile: Optional[str] = PROFILE_OPTION, params: Optional[Path] = PARAMS_OPTION,
+) -> None:
+    """One fine-tuned variant's predictions on VidSTG or ActivityNet-Entities (the `<benchmark>_predictions` partition)."""
+    from orchestration.defs.evaluation.grounding import prediction_extras
+    from orchestration.pipes_benchmarks import run
+
+    chosen, paths = _benchmark_variant(profile, params, benchmark, variant)
+    extras = prediction_extras(chosen, paths, benchmark, variant)
+    metadata = run(extras)
+    typer.echo(f"{benchmark} predictions of {variant}: {metadata['clips']} clips -> {extras['out']}")
+
+
+@pipeline_app.command("evaluate-benchmark")
+def evaluate_benchmark_command(
+    benchmark: str = BENCHMARK_OPTION, variant: str = VARIANT_OPTION,
+    profile: Optional[str] = PROFILE_OPTION, params: Optional[Path] = PARAMS_OPTION,
+) -> None:
+    """One variant's metrics on VidSTG or ActivityNet-Entities, with intervals (the `<benchmark>_metrics` partition's JSON)."""
+    from orchestration.defs.evaluation.grounding import metrics_file, write_metrics
+
+    chosen, paths = _benchmark_variant(profile, params, benchmark, variant)
+    report, _ = write_metrics(chosen, paths, benchmark, variant)
+    shown = ", ".join(f"{name} {value:.4f}" for name, value in report.metrics.items() if isinstance(value, float))
+    typer.echo(f"{benchmark} metrics of {variant}: {shown} -> {metrics_file(paths, benchmark, variant)}")

@@ -9,9 +9,11 @@ import pytest
 import yaml
 
 from orchestration.definitions import build_definitions, defs, dvc_enabled
+from orchestration.defs.benchmarks.assets import benchmark_source
 from orchestration.defs.common import FT_ONLY, dvc_stage
+from orchestration.defs.evaluation.grounding import configured, dvc_grounding_stage, metrics_file, predictions_file
 from orchestration.profile import REPO_ROOT, load_profile
-from orchestration.resources import LAYOUT, TorchrunLauncher
+from orchestration.resources import LAYOUT, PipelinePaths, TorchrunLauncher
 
 GROUPS = {"raw_videos", "annotation", "benchmarks", "scaling", "models", "evaluation", "reports"}
 GPU_ASSETS = {"pretrained_model", "finetuned_model", "iground_predictions", "vidstg_predictions", "anet_entities_predictions"}
@@ -111,6 +113,9 @@ def test_dvc_yaml_mirrors_the_assets_stages_and_outputs():
         expected |= {dvc_stage(kind, size) for kind in ("subset", "pretrain")}
     for variant in [*profile.sizes, FT_ONLY]:
         expected |= {dvc_stage(kind, variant) for kind in ("finetune", "predict", "evaluate")}
+    for name in configured(profile):
+        expected |= {f"standin@{name}", f"benchmark@{name}"}
+        expected |= {dvc_grounding_stage(kind, name, variant) for kind in ("predict", "evaluate") for variant in [*profile.sizes, FT_ONLY]}
     assert set(stages) == expected
 
     def out_of(stage: str) -> str:
@@ -126,6 +131,11 @@ def test_dvc_yaml_mirrors_the_assets_stages_and_outputs():
     assert out_of("finetune_ft_only") == demo + LAYOUT["finetuned"] + "/ft_only"
     assert out_of("predict@full") == demo + LAYOUT["predictions"] + "/full.json"
     assert out_of("evaluate@medium") == demo + LAYOUT["metrics"] + "/iground/medium.json"
+    paths = PipelinePaths(root="runs/demo")
+    assert out_of("standin@vidstg") == benchmark_source(profile, paths, "vidstg").folder.as_posix()
+    assert out_of("benchmark@anet_entities") == paths.path("benchmarks", "anet_entities").as_posix()
+    assert out_of("predict_grounding@vidstg-small") == predictions_file(paths, "vidstg", "small").as_posix()
+    assert out_of("evaluate_grounding_ft_only@anet_entities") == metrics_file(paths, "anet_entities", FT_ONLY).as_posix()
 
 
 FLAG_OF = {"num_workers": "--workers"}  # TrainConfig field -> `grove train` flag, where the names differ

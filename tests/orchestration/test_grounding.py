@@ -88,3 +88,32 @@ def test_every_fine_tuned_model_is_scored_on_both_benchmarks(lineage):
         rows = con.execute("select benchmark, preset, count(distinct checkpoint), count(*) = count(ci_low) from metrics "
                            "where benchmark != 'iground' group by benchmark, preset order by benchmark, preset").fetchall()
     assert rows == [("anet_entities", "head_noun", 2, True), ("anet_entities", "official", 2, True), ("vidstg", "official", 2, True)]
+
+
+def test_dvc_side_commands_rewrite_the_assets_files_byte_for_byte(lineage, tiny_profile, monkeypatch):
+    """dvc.yaml's stages (`grove pipeline benchmark / predict-benchmark / evaluate-benchmark`) write exactly what
+    the assets wrote: the converted benchmark, each variant's predictions and its metrics JSON."""
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+
+    _, root, paths, _ = lineage
+    variant = tiny_profile.sizes[0]
+    files = [p for name in BENCHMARKS for p in (*sorted(f for f in paths.path("benchmarks", name).rglob("*") if f.is_file()),
+                                               predictions_file(paths, name, variant), metrics_file(paths, name, variant))]
+    before = {path: path.read_bytes() for path in files}
+    monkeypatch.setenv("GROVE_RUNS", str(root))
+    params = ["--profile", "tiny", "--params", str(tiny_profile.params_file)]
+    try:
+        for name in BENCHMARKS:
+            for command in (["benchmark"], ["predict-benchmark", "--variant", variant], ["evaluate-benchmark", "--variant", variant]):
+                output = CliRunner().invoke(app, ["pipeline", command[0], "--benchmark", name, *command[1:], *params])
+                assert output.exit_code == 0, output.output
+        assert {path: path.read_bytes() for path in files} == before
+    finally:
+        for path, data in before.items():
+            path.write_bytes(data)
+    refused = CliRunner().invoke(app, ["pipeline", "predict-benchmark", "--benchmark", "vidstg", "--variant", "huge", *params])
+    assert refused.exit_code == 1 and "no fine-tuned variant 'huge'" in refused.output
+    refused = CliRunner().invoke(app, ["pipeline", "benchmark", "--benchmark", "kinetics", *params])
+    assert refused.exit_code == 1 and "names no benchmark 'kinetics'" in refused.output

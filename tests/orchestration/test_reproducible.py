@@ -3,6 +3,7 @@ outputs wherever dvc.yaml versions one (so `dvc.lock` made in one checkout match
 and no such output records where it was made (no absolute path). The session's `tiny_demo` is the first
 run; this module adds one more, in a folder of another depth and name."""
 
+import itertools
 import re
 from pathlib import Path
 
@@ -22,15 +23,26 @@ def dvc_outputs(profile) -> list[str]:
     profile's values (`${demo.scaling.sizes}` -> the tiny profile's sizes), relative to the runs root."""
     stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
     outputs = []
+    def values(spec):  # a literal list, or `${demo.<key>}` (the profile's list)
+        if isinstance(spec, list):
+            return spec
+        (key,) = re.fullmatch(r"\$\{demo\.(.+)\}", spec).groups()
+        return list(profile.get(key))
+
     for stage in stages.values():
-        items = [None]
+        items: list[dict[str, str]] = [{}]
         if "foreach" in stage:
-            (key,) = re.fullmatch(r"\$\{demo\.(.+)\}", stage["foreach"]).groups()
-            items, stage = list(profile.get(key)), stage["do"]
+            items, stage = [{"item": str(value)} for value in values(stage["foreach"])], stage["do"]
+        elif "matrix" in stage:
+            axes = {name: values(spec) for name, spec in stage["matrix"].items()}
+            items = [{f"item.{name}": str(value) for name, value in zip(axes, combination)}
+                     for combination in itertools.product(*axes.values())]
         for entry in [*stage.get("outs", []), *stage.get("metrics", [])]:
             path = entry if isinstance(entry, str) else next(iter(entry))
             for item in items:
-                resolved = path.replace("${item}", str(item)) if item is not None else path
+                resolved = path
+                for name, value in item.items():
+                    resolved = resolved.replace("${" + name + "}", value)
                 assert resolved.startswith(DEMO) and "${" not in resolved, resolved
                 outputs.append(resolved[len(DEMO):])
     return sorted(set(outputs))

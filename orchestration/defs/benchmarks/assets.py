@@ -23,7 +23,7 @@ from orchestration.defs.common import OWNERS, code_version, log_progress, numeri
 from orchestration.defs.raw_videos.assets import SYNTHETIC, external_folder
 from orchestration.defs.scaling.subsets import rebase_video_paths
 from orchestration.profile import Profile
-from orchestration.resources import DvcResource, PipelinePaths, dvc_md5
+from orchestration.resources import DvcResource, PipelinePaths
 
 GROUP = "benchmarks"
 IGROUND = dg.AssetKey("iground_benchmark")
@@ -112,6 +112,26 @@ def benchmark_source(profile: Profile, paths: PipelinePaths, name: str) -> Bench
     return BenchmarkSource(folder, {split: folder / file for split, file in settings["files"].items()}, split_ids)
 
 
+def write_standin(profile: Profile, paths: PipelinePaths, name: str, progress: Any = None) -> Any:
+    """Render the demo's stand-in of VidSTG or ActivityNet-Entities (`benchmarks.<name>.clips` clips) into its
+    folder; the generator's summary. The asset and `grove pipeline standin` (DVC's stage) both run this."""
+    from grove.data.synthetic import config_from_params
+    from grove.data.synthetic_benchmarks import DEFAULT_CLIPS, generate_standin
+
+    clips = int(profile.get(f"benchmarks.{name}.clips", DEFAULT_CLIPS[name]))
+    return generate_standin(benchmark_source(profile, paths, name).folder, config_from_params(profile.params_file, profile.name),
+                            name, clips, progress=progress)
+
+
+def build_benchmark(profile: Profile, paths: PipelinePaths, name: str) -> dict[str, int]:
+    """VidSTG or ActivityNet-Entities converted from the profile's official files (or stand-in) into
+    benchmarks/<name> (see `convert_splits`); the clip and box counts per split."""
+    source = benchmark_source(profile, paths, name)
+    options: dict[str, Any] = {"split_ids": source.split_ids} if source.split_ids is not None else {}
+    return convert_splits(profile.get(f"benchmarks.{name}.format"), source.files, paths.path("benchmarks", name), name,
+                          source.folder, **options)
+
+
 def _standin_asset(profile: Profile, name: str) -> dg.AssetsDefinition:
     """The demo's stand-in of VidSTG or ActivityNet-Entities, rendered in the official layout."""
     what = {"vidstg": "VidSTG-like split (one query sentence and its tube per clip; test.json in TubeDETR's layout)",
@@ -127,19 +147,14 @@ def _standin_asset(profile: Profile, name: str) -> dg.AssetsDefinition:
         description=f"A synthetic {what}, rendered by the synthetic dataset's generator from its own seed stream "
         "(`grove data synth`), in the official files that the paper profile reads from its release.",
     )
-    def standin(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:
-        from grove.data.synthetic import config_from_params
-        from grove.data.synthetic_benchmarks import DEFAULT_CLIPS, generate_standin
-
-        source = benchmark_source(profile, paths, name)
-        clips = int(profile.get(f"benchmarks.{name}.clips", DEFAULT_CLIPS[name]))
+    def standin(context: dg.AssetExecutionContext, paths: PipelinePaths, dvc: DvcResource) -> dg.MaterializeResult:
+        folder = benchmark_source(profile, paths, name).folder
         metadata: dict = {}
         with timed(metadata):
-            summary = generate_standin(source.folder, config_from_params(profile.params_file, profile.name), name, clips,
-                                       progress=log_progress(context, f"{name} stand-in", 50))
+            summary = write_standin(profile, paths, name, progress=log_progress(context, f"{name} stand-in", 50))
         metadata |= numeric_metadata({"clips": summary.clips, "encoded": summary.encoded})
-        metadata["path"] = dg.MetadataValue.path(str(source.folder))
-        return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(dvc_md5(source.folder)))
+        metadata["path"] = dg.MetadataValue.path(str(folder))
+        return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(dvc.record(f"standin@{name}", [folder])))
 
     return standin
 
@@ -176,19 +191,18 @@ def _external_benchmark(profile: Profile, name: str) -> list:
         description=f"{name}'s splits converted from the official {fmt} files ({where}) into the canonical clip "
         "and box tables (`grove data convert`).",
     )
-    def external_benchmark(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:
+    def external_benchmark(context: dg.AssetExecutionContext, paths: PipelinePaths, dvc: DvcResource) -> dg.MaterializeResult:
         from grove.data.dataset import load_dataset
 
-        source = benchmark_source(profile, paths, name)
-        options: dict[str, Any] = {"split_ids": source.split_ids} if source.split_ids is not None else {}
         out = paths.path("benchmarks", name)
         metadata: dict = {}
         with timed(metadata):
-            counts = convert_splits(fmt, source.files, out, name, source.folder, **options)
+            counts = build_benchmark(profile, paths, name)
         metadata |= numeric_metadata(counts)
         metadata["preview"] = table_preview(load_dataset(out).clips, ["key", "split", "tagged_caption"])
         metadata["path"] = dg.MetadataValue.path(str(out))
-        return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(dvc_md5(out)))
+        stage = f"benchmark@{name}" if synthetic else None  # dvc.yaml holds the demo's lineage only
+        return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(dvc.record(stage, [out])))
 
     return [*upstream, external_benchmark]
 

@@ -74,7 +74,7 @@ def headline_metrics(profile: Profile, name: str) -> list[str]:
     """What a benchmark's table shows: VidSTG msIoU (all sentences, each qtype in the file) and the temporal
     R1@m / mIoU; ActivityNet-Entities F1_all / F1_loc and their per-sentence variants."""
     if name == "vidstg":
-        return ["msIoU", *(VIDSTG_TEMPORAL if profile.get("benchmarks.vidstg.temporal", True) else [])]
+        return ["msIoU", *(VIDSTG_TEMPORAL if temporal_of(profile, name) else [])]
     return list(ANET_HEADLINE)
 
 
@@ -99,7 +99,7 @@ def evaluate(profile: Profile, paths: PipelinePaths, name: str, variant: str) ->
         from evaluation.vidstg import evaluate_vidstg_grounding, load_vidstg_gt
 
         gt = load_vidstg_gt(source.files[split])
-        report = evaluate_vidstg_grounding(gt, predictions, split, temporal=bool(profile.get("benchmarks.vidstg.temporal", True)))
+        report = evaluate_vidstg_grounding(gt, predictions, split, temporal=temporal_of(profile, name))
         return add_intervals(report, bootstrap)
     from evaluation.anet_entities import CoreNLPLemmatizer, SpacyLemmatizer, evaluate_anet_entities, load_reference
     from grove.data.anet_entities import SPLIT_NAMES
@@ -120,12 +120,37 @@ def evaluate(profile: Profile, paths: PipelinePaths, name: str, variant: str) ->
     return report
 
 
+def temporal_of(profile: Profile, name: str) -> bool:
+    """Whether the benchmark's query is also grounded in time (VidSTG's `temporal` option)."""
+    return name == "vidstg" and bool(profile.get("benchmarks.vidstg.temporal", True))
+
+
+def dvc_grounding_stage(kind: str, name: str, variant: str) -> str:
+    """dvc.yaml's stage of one variant's predictions or metrics (`kind`: predict, evaluate) on a benchmark."""
+    return f"{kind}_grounding_{FT_ONLY}@{name}" if variant == FT_ONLY else f"{kind}_grounding@{name}-{variant}"
+
+
+def prediction_extras(profile: Profile, paths: PipelinePaths, name: str, variant: str) -> dict[str, Any]:
+    """What the prediction of one benchmark by one fine-tuned variant runs with (orchestration.pipes_benchmarks)."""
+    return {"benchmark": name, "checkpoint": str(paths.path("finetuned", variant)), "dataset": str(paths.path("benchmarks", name)),
+            "split": split_of(profile, name), "threshold": float(profile.get("inference.objectness_threshold")),
+            "temporal": temporal_of(profile, name),
+            "threads": int(profile.get("inference.threads", 1)), "out": str(predictions_file(paths, name, variant))}
+
+
+def write_metrics(profile: Profile, paths: PipelinePaths, name: str, variant: str) -> tuple[Any, dict[str, Any]]:
+    """Score one variant's predictions (`evaluate`) and write its metrics JSON atomically: (report, the JSON's dict).
+    The metric asset and `grove pipeline evaluate-benchmark` (DVC's stage) both write the file through this."""
+    report = evaluate(profile, paths, name, variant)
+    written = report.to_dict()
+    atomic_write_text(metrics_file(paths, name, variant), json.dumps(written, default=str) + "\n")
+    return report, written
+
+
 def _benchmark_assets(profile: Profile, name: str) -> list:
     variants = variant_partitions(profile)
     split = split_of(profile, name)
-    threshold = float(profile.get("inference.objectness_threshold"))
-    threads = int(profile.get("inference.threads", 1))
-    temporal = bool(profile.get("benchmarks.vidstg.temporal", True)) if name == "vidstg" else False
+    temporal = temporal_of(profile, name)
     headline = headline_metrics(profile, name)
     benchmark = benchmark_key(name)
     protocol = {
@@ -157,13 +182,12 @@ def _benchmark_assets(profile: Profile, name: str) -> list:
     ) -> dg.MaterializeResult:
         variant = context.partition_key
         out = predictions_file(paths, name, variant)
-        extras = {"benchmark": name, "checkpoint": str(paths.path("finetuned", variant)), "dataset": str(paths.path("benchmarks", name)),
-                  "split": split, "threshold": threshold, "temporal": temporal, "threads": threads, "out": str(out)}
+        extras = prediction_extras(profile, paths, name, variant)
         inputs = input_versions(context, {"model": (FINETUNED, variant), name: (benchmark, None)})
         with mlflow.start_run(context, params=extras, tags=inputs) as run:
             invocation = launcher.run(context, module="orchestration.pipes_benchmarks", extras=extras, nproc=1)
             reported = invocation.get_materialize_result()
-            version = dvc.record(None, [out])  # no DVC stage: the hash DVC would record
+            version = dvc.record(dvc_grounding_stage("predict", name, variant), [out])
             run.set_tags({"dvc.output": version})
             run.log_metrics({"clips": float(reported.metadata["clips"].value), "infer_seconds": float(reported.metadata["infer_seconds"].value)})
             run.log_artifact(out, "predictions")
@@ -197,16 +221,14 @@ def _benchmark_assets(profile: Profile, name: str) -> list:
         inputs = input_versions(context, {"predictions": (predictions_key(name), variant), name: (benchmark, None)})
         settings = {key: value for key, value in dict(profile.get(f"benchmarks.{name}")).items() if not isinstance(value, dict)}
         with mlflow.start_run(context, params={"split": split, **settings}, tags=inputs) as run:
-            report = evaluate(profile, paths, name, variant)
+            report, written = write_metrics(profile, paths, name, variant)
             out = metrics_file(paths, name, variant)
-            written = report.to_dict()
-            atomic_write_text(out, json.dumps(written, default=str) + "\n")
             record_report(paths.path("metrics", "metrics.duckdb"), report, checkpoint=f"{profile.name}:{variant}",
                           pretrain_size=subset_clips(paths, variant))
             logged = {mlflow_metric(key): value for key, value in mlflow_metrics(written).items()}
             run.log_metrics(logged)
             run.log_dict(written, f"{name}_report.json")
-            version = dvc.record(None, [out])
+            version = dvc.record(dvc_grounding_stage("evaluate", name, variant), [out])
             run.set_tags({"dvc.output": version})
         metadata = numeric_metadata({key: logged[key] for m in headline for bound in (None, "low", "high")
                                      if (key := mlflow_metric(metric_key(m, None, bound))) in logged})
