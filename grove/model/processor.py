@@ -137,8 +137,9 @@ def tag_answer(caption: str, phrases: Sequence[str], tagged_caption: str = "") -
 
 
 def single_phrase_answer(caption: str) -> TaggedAnswer:
-    """VidSTG-style answer: the whole sentence is one phrase, `<p> caption </p> [DET]`."""
-    text = _clean_caption(caption)
+    """VidSTG-style answer: the whole sentence is one phrase, `<p> caption </p> [DET]`, only stripped, as GROVE's
+    VidSTG dataset and infer_vidstg.py build it (HowToGround captions, unlike these, are lower-cased)."""
+    text = caption.strip()
     return TaggedAnswer(f"{P_START} {text} {P_END} {DET}", (text,), (0,))
 
 
