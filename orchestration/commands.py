@@ -34,6 +34,9 @@ def _fail(message: str) -> None:
 
 def demo_command(
     profile: str = typer.Option("demo", "--profile", help="params.yaml profile to run."),
+    seeds: Optional[list[int]] = typer.Option(
+        None, "--seed", help="Run the lineage once per seed (repeatable; default: the profile's `seeds`, else its `seed`) "
+        "and print, across the seeds, each metric's mean and spread and which paired differences separate."),
 ) -> None:
     """Materialise the whole lineage on the demo profile (reusing what is up to date), then print the metric table."""
     import logging
@@ -41,14 +44,23 @@ def demo_command(
     from rich.console import Console
 
     from orchestration.demo import run_demo
+    from orchestration.seeds import print_summary, profile_seeds, run_seeds, summarize
 
     logging.getLogger("alembic").setLevel(logging.WARNING)  # MLflow's schema migrations, once per store
     console = Console()
+    chosen = _profile(profile, None)
+    seeds = list(dict.fromkeys(seeds)) if seeds else profile_seeds(chosen)
     try:
-        result = run_demo(profile, console)
+        results = [run_demo(chosen, console)] if seeds == [chosen.seed] else run_seeds(chosen, seeds, console)
     except Exception as exc:  # the message names the asset, file and problem; the traceback is in the Dagster UI
         _fail(f"{type(exc).__name__}: {exc}")
-    result.print(console)
+    for result in results:
+        if len(results) > 1:
+            console.print(f"seed {result.profile.seed}:", markup=False)
+        result.print(console)
+    if len(results) > 1:
+        for protocol in results[0].rows[0].protocols if results[0].rows else []:
+            print_summary(summarize(results, protocol), console)
 
 
 def compare_command(

@@ -66,8 +66,9 @@ def _missing(value: float | None) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def format_value(value: float | Cell | None) -> str:
-    if isinstance(value, Cell):
+def format_value(value: float | Cell | str | None) -> str:
+    """A number to 2 decimals, a Cell as it prints, text as it is, a missing value as '-'."""
+    if isinstance(value, (Cell, str)):
         return str(value)
     if _missing(value):
         return "-"
@@ -75,7 +76,7 @@ def format_value(value: float | Cell | None) -> str:
 
 
 def metric_table(
-    rows: Sequence[tuple[str, Mapping[str, float | Cell]]],
+    rows: Sequence[tuple[str, Mapping[str, float | Cell | str]]],
     columns: Sequence[str],
     title: str,
     label: str = "pre-training",

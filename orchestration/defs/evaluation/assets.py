@@ -87,9 +87,14 @@ def differences_vs_ft_only(profile: Profile, paths: PipelinePaths, protocols: li
     (none without bootstrap resamples)."""
     if BootstrapSettings.from_mapping(profile.get("evaluation.bootstrap", None)).resamples == 0:
         return {}
-    reports = [(variant_label(v, None if v == FT_ONLY else subset_clips(paths, v)), json.loads(metrics_file(paths, v).read_text()))
-               for v in [*profile.sizes, FT_ONLY]]
+    reports = variant_reports(profile, paths)
     return {protocol: paired_difference_cells(reports, "FT-only", metrics, protocol, scale=100.0) for protocol in protocols}
+
+
+def variant_reports(profile: Profile, paths: PipelinePaths) -> list[tuple[str, dict]]:
+    """(row label, iGround metrics JSON) of every fine-tuned variant: the sizes, then FT-only."""
+    return [(variant_label(v, None if v == FT_ONLY else subset_clips(paths, v)), json.loads(metrics_file(paths, v).read_text()))
+            for v in [*profile.sizes, FT_ONLY]]
 
 
 def write_curve(profile: Profile, paths: PipelinePaths) -> tuple[Path, Path]:
