@@ -8,7 +8,7 @@ import pytest
 from grove.data.dataset import load_dataset
 from orchestration.defs.benchmarks.assets import build
 from orchestration.profile import load_profile
-from orchestration.resources import PipelinePaths
+from orchestration.resources import DvcResource, PipelinePaths
 
 
 def paper_benchmark_asset(key: str) -> dg.AssetsDefinition:
@@ -43,10 +43,10 @@ def test_vidstg_benchmark_converts_each_split_from_its_folder(tmp_path, monkeypa
 
     monkeypatch.delenv("GROVE_VIDSTG_DIR", raising=False)
     with pytest.raises(Exception, match=r"\$GROVE_VIDSTG_DIR is not set"):
-        dg.materialize([vidstg], resources={"paths": paths})
+        dg.materialize([vidstg], resources={"paths": paths, "dvc": DvcResource(enabled=False)})
 
     monkeypatch.setenv("GROVE_VIDSTG_DIR", str(folder))
-    result = dg.materialize([vidstg], resources={"paths": paths})
+    result = dg.materialize([vidstg], resources={"paths": paths, "dvc": DvcResource(enabled=False)})
     (materialization,) = result.asset_materializations_for_node("vidstg_benchmark")
     assert materialization.metadata["clips_test"].value == 2 and materialization.metadata["clips_val"].value == 2
     dataset = load_dataset(paths.path("benchmarks", "vidstg"))
@@ -92,10 +92,10 @@ def test_anet_entities_benchmark_converts_the_validation_videos_of_the_split_fil
 
     monkeypatch.setenv("GROVE_ANET_DIR", str(tmp_path / "absent"))
     with pytest.raises(Exception, match=r"GROVE_ANET_DIR=.*absent: no such folder"):
-        dg.materialize([anet], resources={"paths": paths})
+        dg.materialize([anet], resources={"paths": paths, "dvc": DvcResource(enabled=False)})
 
     monkeypatch.setenv("GROVE_ANET_DIR", str(folder))
-    result = dg.materialize([anet], resources={"paths": paths})
+    result = dg.materialize([anet], resources={"paths": paths, "dvc": DvcResource(enabled=False)})
     (materialization,) = result.asset_materializations_for_node("anet_entities_benchmark")
     assert materialization.metadata["clips_val"].value == 3 and materialization.metadata["raw_boxes_val"].value == 6
     assert "v_alpha_0" in materialization.metadata["preview"].value
