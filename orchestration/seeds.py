@@ -83,24 +83,28 @@ def _mark(low: float | None, high: float | None) -> str:
     return "."
 
 
-def summarize(results: Sequence[Any], protocol: str = "official") -> SeedSummary:
-    """Mean and spread of every row's metrics, and the per-seed marks of every paired difference."""
+def _spread(results: Sequence[Any], protocol: str) -> list[tuple[str, dict[str, tuple[float, float, float, float]]]]:
+    """Per row and metric (x100): mean, sample sd, min and max over the seeds."""
+    spread = []
+    for i, row in enumerate(results[0].rows):
+        cells = {}
+        for metric in results[0].metrics:
+            values = [100.0 * r.rows[i].under(protocol).metrics[metric] for r in results if metric in r.rows[i].under(protocol).metrics]
+            if values:
+                sd = statistics.stdev(values) if len(values) > 1 else 0.0
+                cells[metric] = (statistics.fmean(values), sd, min(values), max(values))
+        spread.append((row.label, cells))
+    return spread
+
+
+def _marks(results: Sequence[Any], protocol: str) -> list[tuple[str, dict[str, str]]]:
+    """Every size minus FT-only and every size minus each smaller size: one mark per seed and metric."""
     from orchestration.compare import paired_difference_cells
     from orchestration.defs.common import FT_ONLY
     from orchestration.defs.evaluation.assets import variant_label, variant_reports
     from orchestration.resources import PipelinePaths
 
-    first = results[0]
-    metrics, labels = first.metrics, [row.label for row in first.rows]
-    spread = []
-    for i, label in enumerate(labels):
-        cells: dict[str, tuple[float, float, float, float]] = {}
-        for metric in metrics:
-            values = [100.0 * r.rows[i].under(protocol).metrics[metric] for r in results if metric in r.rows[i].under(protocol).metrics]
-            if values:
-                sd = statistics.stdev(values) if len(values) > 1 else 0.0
-                cells[metric] = (statistics.fmean(values), sd, min(values), max(values))
-        spread.append((label, cells))
+    metrics, labels = results[0].metrics, [row.label for row in results[0].rows]
     ft_only = variant_label(FT_ONLY, None)
     sizes = [label for label in labels if label != ft_only]
     pairs = [(size, ft_only) for size in sizes] + [(larger, smaller) for i, smaller in enumerate(sizes) for larger in sizes[i + 1:]]
@@ -113,7 +117,13 @@ def summarize(results: Sequence[Any], protocol: str = "official") -> SeedSummary
                     for metric in metrics:
                         cell = cells.get(metric)
                         marks[f"{label} − {baseline}"][metric] += _mark(cell.low, cell.high) if cell is not None else "?"
-    return SeedSummary([r.profile.seed for r in results], protocol, list(metrics), spread, list(marks.items()))
+    return list(marks.items())
+
+
+def summarize(results: Sequence[Any], protocol: str = "official") -> SeedSummary:
+    """Mean and spread of every row's metrics, and the per-seed marks of every paired difference."""
+    return SeedSummary([r.profile.seed for r in results], protocol, list(results[0].metrics),
+                       _spread(results, protocol), _marks(results, protocol))
 
 
 def print_summary(summary: SeedSummary, console: Any) -> None:
