@@ -140,7 +140,7 @@ class DemoResult:
 def _group_printer(console: Any, groups: int, workers: int):
     def on_group(index: int, group: Any, partitions: list[str | None]) -> None:
         named = [p for p in partitions if p is not None]
-        what = f"{len(named)} partition(s) ({', '.join(named)}), {min(workers, len(named))} at a time" if named else "running"
+        what = f"{len(named)} partition(s) ({', '.join(named)}), up to {min(workers, len(named))} at a time" if named else "running"
         console.print(f"[{index + 1}/{groups}] {group.label}: {what} ...", soft_wrap=True, markup=False)
 
     return on_group

@@ -6,7 +6,8 @@ that is fresh. "Up to date" is Dagster's own notion: materialised, same code ver
 from the current data versions of its parents (which are DVC hashes here).
 
 Consecutive assets of the graph's topological order that share a partitioning form one group;
-each partition of a group is one run that starts at the group's first stale or missing asset.
+each partition of a group is one run that starts at the group's first stale or missing asset,
+as soon as the partitions upstream of it are done (not the whole group before it).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -151,6 +152,76 @@ def _materialize_in_worker(
         instance.dispose()
 
 
+class _Plan:
+    """Which (group, partition) runs may start: those whose upstream partitions are all finished.
+
+    A group's partitions are listed once every earlier group is listed, and a group of dynamic
+    partitions only once every earlier group has finished (its partitions come from their data).
+    A partition then waits only for the partitions of earlier groups that feed it through a
+    dependency and its partition mapping, so e.g. the FT-only fine-tuning need not wait for the
+    largest pre-training.
+    """
+
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, syncs: Sequence[PartitionSync]) -> None:
+        self.defs, self.instance, self.syncs = defs, instance, syncs
+        self.graph = defs.resolve_asset_graph()
+        self.groups = lineage_groups(defs)
+        self.partitions: dict[int, list[str | None]] = {}
+        self.started: set[tuple[int, str | None]] = set()
+        self.finished: set[tuple[int, str | None]] = set()
+
+    def next_ready(self) -> tuple[int, str | None] | None:
+        self._list_groups()
+        for index, partitions in self.partitions.items():
+            for partition in partitions:
+                task = (index, partition)
+                if task not in self.started and not self._waits(task):
+                    return task
+        return None
+
+    def group_done(self, index: int) -> bool:
+        return index in self.partitions and all((index, p) in self.finished for p in self.partitions[index])
+
+    def _list_groups(self) -> None:
+        for index, group in enumerate(self.groups):
+            if index in self.partitions:
+                continue
+            dynamic = isinstance(group.partitions_def, dg.DynamicPartitionsDefinition)
+            if dynamic and not all(self.group_done(earlier) for earlier in range(index)):
+                return
+            for sync in self.syncs:
+                sync(self.instance)
+            self.partitions[index] = partition_keys(group.partitions_def, self.instance)
+
+    def _waits(self, task: tuple[int, str | None]) -> bool:
+        index, partition = task
+        return any(
+            (earlier, upstream) not in self.finished and self._feeds(earlier, upstream, index, partition)
+            for earlier in range(index)
+            for upstream in self.partitions[earlier]
+        )
+
+    def _feeds(self, upstream_group: int, upstream: str | None, group: int, partition: str | None) -> bool:
+        parents = set(self.groups[upstream_group].keys)
+        return any(
+            self._maps(key, parent, partition, upstream)
+            for key in self.groups[group].keys
+            for parent in self.graph.get(key).parent_keys & parents
+        )
+
+    def _maps(self, key: dg.AssetKey, parent: dg.AssetKey, partition: str | None, upstream: str | None) -> bool:
+        """Whether `partition` of `key` reads `upstream` of `parent` (True when unsure)."""
+        if partition is None or upstream is None:
+            return True
+        mapping = self.defs.resolve_assets_def(key).get_partition_mapping(parent)
+        if isinstance(mapping, dg.StaticPartitionMapping):
+            downstream = mapping.downstream_partition_keys_by_upstream_partition_key.get(upstream, ())
+            return partition in ({downstream} if isinstance(downstream, str) else set(downstream))
+        if isinstance(mapping, dg.IdentityPartitionMapping):
+            return partition == upstream
+        return True
+
+
 def materialize_lineage(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
@@ -165,76 +236,66 @@ def materialize_lineage(
 ) -> LineageReport:
     """Materialise every asset of `defs` that is missing or stale, group by group, partition by partition.
 
-    `on_step` hears of every partition once it is done (or found up to date); `on_group` of every
-    group before its work starts, with the partitions it is about to run (progress for long groups).
+    Each partition of a group is one run over the group's assets from its first stale one; it
+    starts once the partitions upstream of it have finished (`_Plan`), and is checked for
+    staleness only then. `on_step` hears of every partition once it is done (or found up to
+    date); `on_group` of every group when its first run starts, with the group's partitions.
 
-    With `workers` > 1, the partitions of a group run concurrently in that many worker processes,
-    each rebuilding the definitions with `build` (a picklable callable, e.g. a functools.partial of
-    a module-level function); the `gpu` pool still caps how many GPU steps overlap.
+    With `workers` > 1, that many runs go on at once, each in a worker process that rebuilds the
+    definitions with `build` (a picklable callable, e.g. a functools.partial of a module-level
+    function); the `gpu` pool still caps how many GPU steps overlap. A failed run stops new ones
+    from starting; the running ones finish, then its error is raised.
     """
     if workers > 1 and build is None:
         raise ValueError("workers > 1 needs `build`, a picklable callable that returns the definitions")
-    report = LineageReport()
+    report, plan = LineageReport(), _Plan(defs, instance, partition_syncs)
+    announced: set[int] = set()
+    running: dict[Future, tuple[int, str | None, list[str]]] = {}
+    failure: BaseException | None = None
     pool: ProcessPoolExecutor | None = None
     try:
-        for group_index, group in enumerate(lineage_groups(defs)):
-            for sync in partition_syncs:
-                sync(instance)
-            todo = []
-            for partition in partition_keys(group.partitions_def, instance):
+        while True:
+            while failure is None and len(running) < max(workers, 1) and (task := plan.next_ready()) is not None:
+                index, partition = task
+                plan.started.add(task)
+                group = plan.groups[index]
                 stale = set(stale_or_missing(defs, instance, group.keys, partition))
                 first = next((i for i, key in enumerate(group.keys) if key in stale), None)
                 if first is None:
-                    _record(report, on_step, group_index, StepOutcome(group.label, partition, [], 0.0, True))
-                else:
-                    todo.append((partition, list(group.keys[first:])))
-            if on_group is not None and todo:
-                on_group(group_index, group, [partition for partition, _ in todo])
-            if workers > 1 and len(todo) > 1:
-                pool = pool or ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-                _run_concurrently(pool, build, instance, todo, group, group_index, report, on_step, tags, run_config)
-                continue
-            for partition, selection in todo:
-                seconds = _materialize(defs, instance, selection, partition, tags, run_config)
+                    plan.finished.add(task)
+                    _record(report, on_step, index, StepOutcome(group.label, partition, [], 0.0, True))
+                    continue
+                if on_group is not None and index not in announced:
+                    announced.add(index)
+                    on_group(index, group, plan.partitions[index])
+                selection = list(group.keys[first:])
                 names = [key.to_user_string() for key in selection]
-                _record(report, on_step, group_index, StepOutcome(group.label, partition, names, seconds, False))
+                if workers <= 1:
+                    seconds = _materialize(defs, instance, selection, partition, tags, run_config)
+                    plan.finished.add(task)
+                    _record(report, on_step, index, StepOutcome(group.label, partition, names, seconds, False))
+                    continue
+                pool = pool or ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+                future = pool.submit(_materialize_in_worker, build, instance.get_ref(), names, partition, tags, run_config)
+                running[future] = (index, partition, names)
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                index, partition, names = running.pop(future)
+                try:
+                    seconds = future.result()
+                except BaseException as exc:  # let the running partitions finish; nothing done is lost
+                    failure = failure or exc
+                    continue
+                plan.finished.add((index, partition))
+                _record(report, on_step, index, StepOutcome(plan.groups[index].label, partition, names, seconds, False))
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    return report
-
-
-def _run_concurrently(
-    pool: ProcessPoolExecutor,
-    build: DefinitionsFactory | None,
-    instance: dg.DagsterInstance,
-    todo: list[tuple[str | None, list[dg.AssetKey]]],
-    group: Group,
-    group_index: int,
-    report: LineageReport,
-    on_step: Callable[[int, StepOutcome], None] | None,
-    tags: Mapping[str, str] | None,
-    run_config: Mapping | None,
-) -> None:
-    """Each partition's run in a worker; a failure is raised once the runs already started have ended."""
-    futures = {
-        pool.submit(_materialize_in_worker, build, instance.get_ref(), [k.to_user_string() for k in selection], partition, tags, run_config): (partition, selection)
-        for partition, selection in todo
-    }
-    failure: BaseException | None = None
-    for future in as_completed(futures):
-        partition, selection = futures[future]
-        try:
-            seconds = future.result()
-        except BaseException as exc:  # let the running partitions finish; nothing done is lost
-            failure = failure or exc
-            for other in futures:
-                other.cancel()
-            continue
-        names = [key.to_user_string() for key in selection]
-        _record(report, on_step, group_index, StepOutcome(group.label, partition, names, seconds, False))
     if failure is not None:
         raise failure
+    return report
 
 
 def _record(report: LineageReport, on_step: Callable[[int, StepOutcome], None] | None, index: int, outcome: StepOutcome) -> None:

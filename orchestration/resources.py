@@ -395,20 +395,24 @@ class PipesLauncher(dg.ConfigurableResource, ABC):
     """
 
     nproc_per_node: int = Field(default=1, ge=1, description="torchrun processes (GPUs) per node")
+    nnodes: int = Field(
+        default=1, ge=1,
+        description="nodes of one run; above 1 every node runs grove.distributed, which reads its node rank and the "
+        "master's address from Slurm, a Kubernetes indexed Job or GROVE_* variables there and starts torchrun",
+    )
+    max_restarts: int = Field(default=0, ge=0, description="torchrun restarts of failed workers (training resumes from its last checkpoint)")
 
     def torchrun_command(
         self, module: str, args: Sequence[str] = (), python: str = sys.executable, nproc: int | None = None
     ) -> list[str]:
-        return [
-            python,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={nproc or self.nproc_per_node}",
-            "-m",
-            module,
-            *args,
-        ]
+        from grove.distributed import torchrun_command  # imports torch: only when launching, not with the definitions
+
+        per_node = nproc or self.nproc_per_node
+        if self.nnodes > 1:
+            # a node's rank is known only on that node (SLURM_NODEID, JOB_COMPLETION_INDEX): resolved there
+            restarts = [f"--max-restarts={self.max_restarts}"] if self.max_restarts else []
+            return [python, "-m", "grove.distributed", f"--nproc-per-node={per_node}", *restarts, "-m", module, *args]
+        return torchrun_command(python, module, args, per_node, None, self.max_restarts)
 
     @abstractmethod
     def run(
@@ -430,14 +434,21 @@ class TorchrunLauncher(PipesLauncher):
     (which srun exports) and messages through a file in `shared_dir`, a folder both nodes see.
     """
 
-    prefix: list[str] = Field(default_factory=list, description="e.g. ['srun', '--nodes=1', '--gpus-per-node=8']")
+    prefix: list[str] = Field(
+        default_factory=list,
+        description="e.g. ['srun', '--nodes=1', '--gpus-per-node=8']; with nnodes=2: ['srun', '--nodes=2', '--ntasks-per-node=1', '--gpus-per-node=8']",
+    )
     shared_dir: str = Field(default="", description="folder visible to the launching and the compute node")
     python: str = ""
     env: dict[str, str] = Field(default_factory=dict)
     cwd: str = str(REPO_ROOT)
 
     def command(self, module: str, args: Sequence[str] = (), nproc: int | None = None) -> list[str]:
-        return [*self.prefix, *self.torchrun_command(module, args, self.python or sys.executable, nproc)]
+        python = self.python or sys.executable
+        if (nproc or self.nproc_per_node) == 1 and not self.prefix:
+            # one rank on this machine needs no rendezvous: torchrun would add a process and its start-up
+            return [python, "-m", module, *args]
+        return [*self.prefix, *self.torchrun_command(module, args, python, nproc)]
 
     def client(self) -> dg.PipesSubprocessClient:
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [self.cwd, os.environ.get("PYTHONPATH", "")])), **self.env}
@@ -507,6 +518,8 @@ class K8sLauncher(PipesLauncher):
         extras: Mapping[str, Any] | None = None,
         nproc: int | None = None,
     ) -> dg.PipesClientCompletedInvocation:
+        if self.nnodes > 1:
+            raise LauncherError("K8sLauncher runs one pod per step: a multi-node run needs an indexed Job whose pods run grove.distributed")
         try:
             from dagster_k8s import PipesK8sClient
         except ImportError as exc:

@@ -2,6 +2,7 @@
 
 import functools
 import os
+import time
 
 import dagster as dg
 import pytest
@@ -141,3 +142,39 @@ def test_a_failing_partition_in_a_worker_fails_the_lineage_after_the_others_fini
     assert recover_interrupted_runs(dagster_instance) == 0
     with pytest.raises(ValueError, match="needs `build`"):
         materialize_lineage(build(), dagster_instance, workers=2)
+
+
+def waiting_defs(log_dir: str) -> dg.Definitions:
+    """Pre-training `b` finishes only once the FT-only fine-tuning has run: with whole-group steps it never would."""
+    flag = f"{log_dir}/ft_only.done"
+
+    @dg.asset(partitions_def=dg.StaticPartitionsDefinition(["a", "b"]), code_version="1")
+    def pretrain(context: dg.AssetExecutionContext) -> None:
+        deadline = time.monotonic() + 60
+        while context.partition_key == "b" and not os.path.exists(flag):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the FT-only partition did not start while pre-training `b` ran")
+            time.sleep(0.2)
+
+    @dg.asset(
+        partitions_def=dg.StaticPartitionsDefinition(["ft_only", "a", "b"]),
+        deps=[dg.AssetDep(pretrain, partition_mapping=dg.StaticPartitionMapping({"a": "a", "b": "b"}))],
+        code_version="1",
+    )
+    def finetune(context: dg.AssetExecutionContext) -> None:
+        if context.partition_key == "ft_only":
+            open(flag, "w").close()
+
+    return dg.Definitions(assets=[pretrain, finetune])
+
+
+def test_a_partition_starts_once_its_own_upstream_is_done_not_the_whole_group(dagster_instance, tmp_path):
+    build = functools.partial(waiting_defs, str(tmp_path))
+    announced: list = []
+    report = materialize_lineage(build(), dagster_instance, workers=2, build=build,
+                                 on_group=lambda index, group, partitions: announced.append((index, partitions)))
+    assert report.materialised == 5
+    assert announced == [(0, ["a", "b"]), (1, ["ft_only", "a", "b"])]
+    # `finetune[b]` ran after `pretrain[b]`: outcomes arrive in completion order
+    order = [(o.group, o.partition) for o in report.outcomes]
+    assert order.index(("pretrain", "b")) < order.index(("finetune", "b"))

@@ -179,7 +179,7 @@ PIPES_SCRIPT = textwrap.dedent(
     with pipes_on_rank_zero() as pipes:
         if pipes is not None:
             pipes.report_custom_message({"step": 1, "metrics": {"loss": 0.5}})
-            pipes.report_asset_materialization(metadata={"ranks_seen": int(os.environ["WORLD_SIZE"])})
+            pipes.report_asset_materialization(metadata={"ranks_seen": int(os.environ.get("WORLD_SIZE", "1"))})
     """
 )
 
@@ -211,6 +211,17 @@ def test_torchrun_launcher_runs_every_rank_and_only_rank_zero_reports(tmp_path):
         assert written["world"] == "2" and written["extras"] == {"out": str(tmp_path)}
     (materialization,) = result.asset_materializations_for_node("launched")
     assert materialization.metadata["ranks_seen"].value == 2
+    assert messages == [{"step": 1, "metrics": {"loss": 0.5}}]
+
+
+def test_one_local_rank_runs_the_module_directly_and_still_reports(tmp_path):
+    launcher = TorchrunLauncher(env=_probe_env(tmp_path))
+    assert launcher.command("pipes_probe", ["--x"]) == [sys.executable, "-m", "pipes_probe", "--x"]
+    assert launcher.command("pipes_probe", nproc=2)[2] == "torch.distributed.run"
+    result, messages = _launch(tmp_path, launcher)
+    assert result.success
+    assert yaml.safe_load((tmp_path / "rank0.json").read_text())["world"] is None  # no torchrun environment
+    assert result.asset_materializations_for_node("launched")[0].metadata["ranks_seen"].value == 1
     assert messages == [{"step": 1, "metrics": {"loss": 0.5}}]
 
 
