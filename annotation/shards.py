@@ -3,6 +3,7 @@
 ```
 OUT/
   shards/plan/gen-00000.parquet  gen-00001.parquet ...     the shard plan: append-only, one file a catalog change
+  shards/merge_state.json                                  what the last merge read (annotation.merge; a cache)
   shards/stage1/shard-00000/  frames.parquet    failures.parquet  done.json
   shards/stage2/shard-00000/  captions.parquet  failures.parquet  done.json
   shards/stage3/shard-00000/  clips.parquet  boxes_raw.parquet  failures.parquet  done.json
@@ -87,8 +88,6 @@ from annotation.records import (
     failures_table,
     frames_table,
 )
-from grove.data.boxes import merge_same_phrase_boxes
-from grove.data.dataset import DatasetPaths, write_manifest
 from grove.data.schema import BOX_SCHEMA, CLIP_SCHEMA, box_table, read_clips, sort_boxes, write_table
 from grove.io import atomic_write_json, exclusive_lock
 
@@ -863,64 +862,18 @@ def run_stage(stage: int, shard: ShardSpec, out_dir: str | Path, config: Annotat
 # merging
 
 
-def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
-    return pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
-
-
-def _without(table: pa.Table, keys: Sequence[str]) -> pa.Table:
-    if not keys:
-        return table
-    return table.filter(pc.invert(pc.is_in(table["key"], value_set=pa.array(keys, pa.string()))))
-
-
-def merge_shards(out_dir: str | Path, shards: Sequence[ShardSpec], config: AnnotatorConfig) -> Path:
+def merge_shards(out_dir: str | Path, shards: Sequence[ShardSpec], config: AnnotatorConfig,
+                 incremental: bool = True) -> Path:
     """The dataset folder: every shard's stage-3 tables, processed boxes, rejects and the manifest.
 
     Clips the plan retired (changed or removed by a later catalog) are left out; a shard with no
-    clip left is not read at all. Stage statistics still count every clip a shard ran.
+    clip left is not read at all. Stage statistics still count every clip a shard ran. Only the
+    shards that changed since the last merge are read again (annotation.merge; `incremental=False`
+    reads every shard); the files are the same bytes either way.
     """
-    out = Path(out_dir)
-    versions = {stage: stage_version(config, stage) for stage in STAGES}
-    clips, boxes, failures, stats = [], [], [], {stage: [] for stage in STAGES}
-    for shard in shards:
-        if not shard.live_keys:
-            continue
-        clips.append(_without(_read_shard_table(out, 3, shard, "clips.parquet", versions[3]), shard.retired))
-        boxes.append(_without(_read_shard_table(out, 3, shard, "boxes_raw.parquet", versions[3]), shard.retired))
-        for stage in STAGES:
-            failures.append(_without(_read_shard_table(out, stage, shard, FAILURES, versions[stage]), shard.retired))
-            stats[stage].append((read_done(out, stage, shard) or {}).get("stats", {}))
-    clip_table = _concat(clips, CLIP_SCHEMA).sort_by([("key", "ascending")])
-    raw = sort_boxes(_concat(boxes, BOX_SCHEMA))
-    rejects = _concat(failures, FAILURE_SCHEMA).sort_by([("key", "ascending"), ("stage", "ascending")])
-    paths = DatasetPaths(out)
-    write_table(clip_table, paths.clips, CLIP_SCHEMA)
-    write_table(raw, paths.boxes_raw, BOX_SCHEMA)
-    write_table(merge_same_phrase_boxes(raw), paths.boxes_processed, BOX_SCHEMA)
-    write_table(rejects, out / REJECTS, FAILURE_SCHEMA)
-    splits: dict[str, int] = {}
-    for split in clip_table["split"].to_pylist():
-        splits[split] = splits.get(split, 0) + 1
-    manifest = {
-        "name": config.dataset_name,
-        "kind": "auto-annotated",
-        "splits": dict(sorted(splits.items())),
-        "creator": {"tool": "grove annotate", "annotator_version": annotator_version(config),
-                    "stage_versions": {str(s): v for s, v in versions.items()}, "config": config.resolved()},
-        "stats": {
-            "clips": clip_table.num_rows,
-            "boxes_raw": raw.num_rows,
-            "rejects": rejects.num_rows,
-            "stage2": _sum_stats(stats[2]),
-            "stage3": _sum_stats(stats[3]),
-        },
-    }
-    if config.clip_seconds:
-        from annotation.longvideo import write_hierarchy
+    from annotation.merge import merge_pool
 
-        manifest["hierarchy"] = write_hierarchy(out, clip_table, config)
-    write_manifest(out, manifest)
-    return out
+    return merge_pool(out_dir, shards, config, incremental=incremental).out
 
 
 def _sum_stats(items: list[dict[str, Any]]) -> dict[str, Any]:

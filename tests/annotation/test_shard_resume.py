@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from annotation import merge
 from annotation.shards import AnnotatorConfig, annotate, batch_dir, load_plan, read_done, shard_dir
 from tests.annotation.slow_backend import NAME as SLOW
 
@@ -25,8 +26,10 @@ BATCHES = 6
 
 
 def all_files(out: Path) -> dict[str, bytes]:
-    """Every file under an output folder by relative path (the plan's lock file is empty and lock-only)."""
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name != ".lock"}
+    """Every file under an output folder by relative path, but the plan's lock file (empty, lock-only)
+    and the merge's state and lock (a cache of modification times, left out of DVC's hash too)."""
+    skipped = {".lock", merge.STATE, merge.LOCK}
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name not in skipped}
 
 
 def finished_batches(out: Path, stage: int) -> list[int]:

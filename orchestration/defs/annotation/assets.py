@@ -156,25 +156,29 @@ def build(profile: Profile) -> list:
         description="The auto-annotated pool in the HowToGround1M format: every shard's stage-3 tables "
         "merged into one dataset folder (raw and union-merged processed boxes, rejected clips with "
         "their reasons, the annotator version in its manifest); clips a later catalog changed or "
-        "removed are left out.",
+        "removed are left out. Only shards new or changed since the last merge are read again.",
     )
     def annotated_pool(context: dg.AssetExecutionContext, paths: PipelinePaths, dvc: DvcResource) -> dg.MaterializeResult:
         import pyarrow.parquet as pq
 
-        from annotation.shards import REJECTS, merge_shards
+        from annotation.merge import merge_pool
+        from annotation.shards import REJECTS
         from grove.data.dataset import load_dataset, read_manifest
 
         out = paths.path("annotation")
         shards = list(planned_shards(profile, paths).values())
         metadata: dict = {}
         with timed(metadata):
-            merge_shards(out, shards, annotator_config(profile))
+            merged = merge_pool(out, shards, annotator_config(profile))
         dataset = load_dataset(out, processed=False)
         manifest = read_manifest(out)
         rejects = pq.read_table(out / REJECTS)
         metadata |= numeric_metadata(
             {"shards": len(shards), "clips": dataset.clips.num_rows, "boxes_raw": dataset.boxes.num_rows, "rejects": rejects.num_rows}
         )
+        # the shards read again (new or changed since the last merge); the others' rows were kept
+        metadata |= numeric_metadata({"shards_read": len(merged.read)})
+        metadata["merge"] = dg.MetadataValue.text("whole: " + merged.reason if merged.whole else "incremental")
         metadata["annotator_version"] = dg.MetadataValue.text(manifest["creator"]["annotator_version"])
         metadata["stats"] = dg.MetadataValue.json(manifest.get("stats", {}))
         metadata["splits"] = dg.MetadataValue.json(manifest.get("splits", {}))

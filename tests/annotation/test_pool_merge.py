@@ -1,0 +1,143 @@
+"""The incremental pool merge: a merge reads only the shards that are new or changed since the last one,
+and writes the same bytes as a whole merge of the same shards; anything it cannot trust (no state,
+a pool file it did not write, another annotator, a merge killed half way) makes the next merge whole."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from annotation import merge
+from annotation.merge import STATE, merge_pool
+from annotation.shards import STAGES, Annotator, AnnotatorConfig, ShardSpec, shard_dir
+from grove.data.boxes import merge_same_phrase_boxes
+from tests.annotation.conftest import make_synthetic
+from tests.annotation.test_shard_plan import subset_catalog
+
+CONFIG = AnnotatorConfig(stage1_options={"noise": "moderate", "seed": 1})
+POOL_FILES = ("clips.parquet", "boxes_raw.parquet", "boxes_processed.parquet", "rejects.parquet", "dataset.json")
+
+
+@pytest.fixture(scope="module")
+def catalogs(tmp_path_factory):
+    """16 clips (vid0005's video corrupt) with content hashes: A holds the first 12, B all 16, and C is
+    B with vid0003's video changed and vid0007 removed."""
+    root = tmp_path_factory.mktemp("merge")
+    fixture = make_synthetic(root, 16, corrupt=(5,))
+    keys = [f"vid{i:04d}_0" for i in range(16)]
+    content = {key: f"hash-{key}" for key in keys}
+    a = subset_catalog(fixture.catalog, root / "a", keys[:12], {k: content[k] for k in keys[:12]})
+    b = subset_catalog(fixture.catalog, root / "b", keys, content)
+    kept = [k for k in keys if k != "vid0007_0"]
+    c = subset_catalog(fixture.catalog, root / "c", kept, {k: content[k] for k in kept} | {"vid0003_0": "new"})
+    return a, b, c
+
+
+def annotate_shards(catalog: Path, out: Path) -> list[ShardSpec]:
+    """Extend the plan with the catalog and run every stage of every live shard (done ones are skipped)."""
+    annotator = Annotator(CONFIG, catalog, out)
+    shards = list(annotator.update_plan(5).shards)
+    for stage in STAGES:
+        for shard in shards:
+            if shard.live_keys:
+                annotator.run_stage(stage, shard)
+    return shards
+
+
+def pool_bytes(out: Path) -> dict[str, bytes]:
+    return {name: (out / name).read_bytes() for name in POOL_FILES}
+
+
+def whole_merge(out: Path, shards: list[ShardSpec], tmp_path: Path) -> dict[str, bytes]:
+    """The pool a whole merge of the same shards writes (in a copy of the folder)."""
+    copy = tmp_path / "whole"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(out / "shards", copy / "shards")
+    result = merge_pool(copy, shards, CONFIG, incremental=False)
+    assert result.whole and len(result.read) == len([s for s in shards if s.live_keys])
+    return pool_bytes(copy)
+
+
+def test_a_merge_reads_only_new_and_changed_shards_and_writes_what_a_whole_merge_writes(catalogs, tmp_path):
+    a, b, c = catalogs
+    out = tmp_path / "pool"
+    shards = annotate_shards(a, out)
+    first = merge_pool(out, shards, CONFIG)
+    assert first.whole and first.reason == "no previous merge" and first.read == ("shard-00000", "shard-00001", "shard-00002")
+
+    again = merge_pool(out, shards, CONFIG)  # nothing changed: no shard is read
+    assert not again.whole and again.read == () and pool_bytes(out) == whole_merge(out, shards, tmp_path)
+
+    shards = annotate_shards(b, out)  # four new clips: one new shard
+    grown = merge_pool(out, shards, CONFIG)
+    assert not grown.whole and grown.read == ("shard-00003",)
+    assert pool_bytes(out) == whole_merge(out, shards, tmp_path)
+
+    # vid0003 changed (retired from shard 0, annotated again in a new shard 4), vid0007 left (retired
+    # from shard 1): the shards with newly retired clips are read again, with the new one.
+    shards = annotate_shards(c, out)
+    changed = merge_pool(out, shards, CONFIG)
+    assert not changed.whole and changed.read == ("shard-00000", "shard-00001", "shard-00004")
+    assert pool_bytes(out) == whole_merge(out, shards, tmp_path)
+    clips = pq.read_table(out / "clips.parquet")["key"].to_pylist()
+    assert "vid0007_0" not in clips and clips.count("vid0003_0") == 1 and len(clips) == 14  # vid0005 failed
+    # processed boxes, merged shard by shard, are what merging the whole raw table gives
+    assert pq.read_table(out / "boxes_processed.parquet").equals(merge_same_phrase_boxes(pq.read_table(out / "boxes_raw.parquet")))
+
+
+def test_a_pool_it_cannot_trust_is_merged_whole(catalogs, tmp_path, monkeypatch):
+    a, _, _ = catalogs
+    out = tmp_path / "pool"
+    shards = annotate_shards(a, out)
+    merge_pool(out, shards, CONFIG)
+    expected = pool_bytes(out)
+
+    os.utime(out / "clips.parquet", ns=(0, 0))  # the same bytes, touched (as DVC relinking from its cache)
+    assert not merge_pool(out, shards, CONFIG).whole
+    pq.write_table(pq.read_table(out / "clips.parquet").slice(0, 3), out / "clips.parquet")  # other bytes
+    result = merge_pool(out, shards, CONFIG)
+    assert result.whole and result.reason == f"{out / 'clips.parquet'}: not the file the last merge wrote"
+    assert pool_bytes(out) == expected
+
+    (out / "shards" / STATE).unlink()
+    assert merge_pool(out, shards, CONFIG).reason == "no previous merge"
+
+    renamed = AnnotatorConfig(stage1_options={"noise": "moderate", "seed": 1}, dataset_name="renamed")
+    other = merge_pool(out, shards, renamed)
+    assert other.whole and other.reason == "the annotator changed (annotator_version)"
+    merge_pool(out, shards, CONFIG)
+
+    # A merge killed while writing the pool leaves no state: the next merge is whole, and right.
+    written = []
+
+    def write_then_die(table, path, schema=None):
+        if written:
+            raise KeyboardInterrupt("killed")
+        written.append(path)
+        return real_write(table, path, schema)
+
+    real_write = merge.write_table
+    monkeypatch.setattr(merge, "write_table", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        merge_pool(out, shards, CONFIG)
+    monkeypatch.undo()
+    assert not (out / "shards" / STATE).exists()
+    assert merge_pool(out, shards, CONFIG).whole and pool_bytes(out) == expected
+    assert set(json.loads((out / "shards" / STATE).read_text())["shards"]) == {s.name for s in shards}
+
+
+def test_a_shard_changed_behind_the_state_is_read_again_and_named_when_broken(catalogs, tmp_path):
+    a, _, _ = catalogs
+    out = tmp_path / "pool"
+    shards = annotate_shards(a, out)
+    merge_pool(out, shards, CONFIG)
+    before = pool_bytes(out)
+    (shard_dir(out, 3, shards[1]) / "boxes_raw.parquet").unlink()
+    with pytest.raises(RuntimeError, match="stage 3 of shard-00001 is missing or stale"):
+        merge_pool(out, shards, CONFIG)
+    assert pool_bytes(out) == before  # refused before writing anything
