@@ -1,5 +1,11 @@
 """Sensors: new videos in the raw folder → a new catalog; a new catalog → new annotation shards.
 
+The new-videos sensor does not stat every file each tick: its cursor keeps an index of the folder's
+directories (grove.data.discovery), so a tick stats each directory and lists only the ones whose
+modification time changed; a full rescan, which also sees files rewritten in place, runs every
+`orchestration.video_rescan_hours` (default 24) and whenever the cursor is reset (on demand, from
+the UI or `dagster sensor cursor --delete new_videos_sensor`).
+
 The shard plan only grows: a new catalog's clips go into new shards, and finished shards are never
 re-planned (annotation/shards.py). So the shard sensor requests runs for new shards only, plus any
 shard whose recorded key list differs from the plan's (a plan that was deleted and rebuilt), and a
@@ -9,10 +15,10 @@ Downstream of the shards, declarative automation conditions (eager) keep the lin
 automation sensor that evaluates them is defined here too.
 """
 
-import hashlib
 import json
-import os
+import time
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -25,16 +31,35 @@ from orchestration.resources import PipelinePaths
 STAGES = [STAGE_KEYS[stage] for stage in (1, 2, 3)]
 
 
-def folder_fingerprint(root: Path) -> tuple[str, int]:
-    """A hash of the video files under `root` (relative path, size, mtime) and their count."""
-    from grove.data.catalog import find_videos
+RESCAN_HOURS = 24.0  # default of `orchestration.video_rescan_hours`: how often a tick is a full rescan
 
-    digest = hashlib.sha256()
-    files = find_videos(root)
-    for path in files:
-        info = os.stat(path)
-        digest.update(f"{path.relative_to(root).as_posix()}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:32], len(files)
+
+def videos_cursor(previous: str | None, root: Path, rescan_s: float, now: float) -> tuple[dict[str, Any], Any]:
+    """The new-videos sensor's next cursor and the folder scan behind it.
+
+    The cursor holds the folder's directory index (grove.data.discovery: one entry per directory,
+    not per file), the fingerprint of the last requested catalog, and a request counter within an
+    epoch that starts when the cursor does: run keys stay unique when a folder returns to an earlier
+    state, and a tick evaluated twice asks for the same run. No cursor (the first tick, or one reset
+    in the UI: a rescan on demand), another format, or an index older than `rescan_s` means a full scan.
+    """
+    from grove.data.discovery import FolderIndex, scan_folder
+
+    state = _load_cursor(previous)
+    index = FolderIndex.from_json(state.get("index"))
+    full = index is None or now - index.rescanned_at >= rescan_s
+    scan = scan_folder(root, index, full=full, now=now)
+    cursor = {"epoch": state.get("epoch", int(now)), "requests": state.get("requests", 0),
+              "requested": state.get("requested"), "index": scan.index.to_json()}
+    return cursor, scan
+
+
+def _load_cursor(cursor: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(cursor) if cursor else {}
+    except json.JSONDecodeError:  # the fingerprint string of an earlier version of this sensor
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def latest_shard_hashes(instance: dg.DagsterInstance, names: list[str]) -> dict[str, str]:
@@ -57,11 +82,15 @@ def latest_shard_hashes(instance: dg.DagsterInstance, names: list[str]) -> dict[
 def build(profile: Profile) -> list:
     limit = int(profile.get("annotation.new_shards_per_tick"))
 
+    rescan_s = float(profile.get("orchestration.video_rescan_hours", RESCAN_HOURS)) * 3600
+
     @dg.sensor(
         name="new_videos_sensor",
         target=[CATALOG],
         minimum_interval_seconds=300,
-        description="Re-catalogs the pool when video files under its folder appear, disappear or change.",
+        description="Re-catalogs the pool when video files under its folder appear, disappear or change: "
+        "each tick stats the folder's directories and lists only those whose modification time changed; "
+        f"a full rescan (every {rescan_s / 3600:g} h, or after a cursor reset) also sees files rewritten in place.",
     )
     def new_videos_sensor(context: dg.SensorEvaluationContext, paths: PipelinePaths) -> dg.SensorResult | dg.SkipReason:
         try:
@@ -70,13 +99,16 @@ def build(profile: Profile) -> list:
             return dg.SkipReason(str(exc))
         if not root.is_dir():
             return dg.SkipReason(f"{root}: no folder of videos yet")
-        fingerprint, count = folder_fingerprint(root)
-        if fingerprint == context.cursor:
-            return dg.SkipReason(f"{root}: {count} videos, unchanged")
-        return dg.SensorResult(
-            run_requests=[dg.RunRequest(run_key=fingerprint, asset_selection=[CATALOG], tags={"grove/videos": str(count)})],
-            cursor=fingerprint,
-        )
+        cursor, scan = videos_cursor(context.cursor, root, rescan_s, time.time())
+        fingerprint, count = scan.index.fingerprint, scan.index.videos
+        context.log.info("%s: %d videos (%s)", root, count, scan.summary())
+        if fingerprint == cursor["requested"]:
+            return dg.SensorResult(skip_reason=f"{root}: {count} videos, unchanged ({scan.summary()})",
+                                   cursor=json.dumps(cursor, sort_keys=True))
+        cursor |= {"requests": cursor["requests"] + 1, "requested": fingerprint}
+        request = dg.RunRequest(run_key=f"{cursor['epoch']}-{cursor['requests']}-{fingerprint}", asset_selection=[CATALOG],
+                                tags={"grove/videos": str(count)})
+        return dg.SensorResult(run_requests=[request], cursor=json.dumps(cursor, sort_keys=True))
 
     @dg.sensor(
         name="annotation_shard_sensor",

@@ -58,7 +58,7 @@ def test_new_videos_sensor_requests_a_catalog_when_the_folder_changes(tiny_profi
     assert request.asset_selection == [dg.AssetKey("pool_catalog")] and request.tags["grove/videos"] == "1"
 
     unchanged = evaluate_sensor(sensor_def, dagster_instance, paths, cursor=first.cursor)
-    assert isinstance(unchanged, dg.SkipReason) and "unchanged" in unchanged.skip_message
+    assert not unchanged.run_requests and "1 videos, unchanged" in unchanged.skip_reason.skip_message
 
     (videos / "b.mp4").write_bytes(b"b")
     second = evaluate_sensor(sensor_def, dagster_instance, paths, cursor=first.cursor)
@@ -174,3 +174,4 @@ def test_one_annotator_serves_every_stage_and_shard_of_a_process_until_the_catal
     write_catalog(paths, clips=4)  # a rewritten catalog
     renewed = process_annotator(config, catalog, out)
     assert renewed is not again and renewed.catalog.clips.num_rows == 4
+
