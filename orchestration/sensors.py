@@ -11,8 +11,11 @@ re-planned (annotation/shards.py). So the shard sensor requests runs for new sha
 shard whose recorded key list differs from the plan's (a plan that was deleted and rebuilt), and a
 merge of the pool when a catalog only retired clips (no new shard whose annotation would trigger it).
 
-Downstream of the shards, declarative automation conditions (eager) keep the lineage fresh; the
-automation sensor that evaluates them is defined here too.
+The shards themselves have no automation condition: this sensor and the re-annotation schedule are
+the only sources of shard runs, so a new shard is requested once, and a new catalog does not request
+every shard again. Downstream of the shards, declarative automation conditions (eager) keep the
+lineage fresh, starting with the pool's merge; the automation sensor that evaluates them is defined
+here too.
 """
 
 import json
@@ -157,7 +160,8 @@ def build(profile: Profile) -> list:
         "grove_automation",
         target=dg.AssetSelection.all(),
         default_status=dg.DefaultSensorStatus.RUNNING if profile.get("orchestration.automation", True) else dg.DefaultSensorStatus.STOPPED,
-        description="Evaluates the assets' declarative automation conditions (eager downstream of the shards).",
+        description="Evaluates the assets' declarative automation conditions (eager downstream of the shards; "
+        "the shards' runs come from the shard sensor and the re-annotation schedule).",
     )
     return [new_videos_sensor, annotation_shard_sensor, automation]
 

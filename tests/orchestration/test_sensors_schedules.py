@@ -175,3 +175,30 @@ def test_one_annotator_serves_every_stage_and_shard_of_a_process_until_the_catal
     renewed = process_annotator(config, catalog, out)
     assert renewed is not again and renewed.catalog.clips.num_rows == 4
 
+
+def test_automation_leaves_the_shards_to_the_shard_sensor_and_merges_the_pool_after_them(tiny_profile, dagster_instance,
+                                                                                         tmp_path):
+    """Shard runs have one source each: the shard sensor (new and re-planned shards) and the schedule
+    (an older annotator). Automation requesting them too would run new shards twice, and re-request
+    every shard (1,000 in `paper`) whenever a new catalog lands."""
+    from orchestration.definitions import build_definitions
+    from orchestration.defs.annotation.assets import POOL
+
+    definitions = build_definitions(tiny_profile, tmp_path)
+    selection = dg.AssetSelection.assets(dg.AssetKey("pool_catalog"), *STAGE_KEYS.values(), POOL)
+    names = ["shard-00000", "shard-00001"]
+    dagster_instance.report_runless_asset_event(dg.AssetMaterialization("pool_catalog"))
+    result = dg.evaluate_automation_conditions(definitions, dagster_instance, selection)
+    dagster_instance.add_dynamic_partitions("annotation_shards", names)  # as the shard sensor does
+    result = dg.evaluate_automation_conditions(definitions, dagster_instance, selection, cursor=result.cursor)
+    assert all(result.get_num_requested(key) == 0 for key in STAGE_KEYS.values())  # eager asked for both
+
+    for name in names:  # the shard sensor's runs
+        for key in STAGE_KEYS.values():
+            dagster_instance.report_runless_asset_event(dg.AssetMaterialization(key, partition=name))
+    result = dg.evaluate_automation_conditions(definitions, dagster_instance, selection, cursor=result.cursor)
+    assert result.get_num_requested(POOL) == 1 and all(result.get_num_requested(key) == 0 for key in STAGE_KEYS.values())
+
+    dagster_instance.report_runless_asset_event(dg.AssetMaterialization("pool_catalog"))  # a new catalog
+    result = dg.evaluate_automation_conditions(definitions, dagster_instance, selection, cursor=result.cursor)
+    assert all(result.get_num_requested(key) == 0 for key in STAGE_KEYS.values())

@@ -102,7 +102,10 @@ def _stage_asset(profile: Profile, stage: int) -> dg.AssetsDefinition:
         kinds={"python", "parquet"},
         owners=OWNERS[GROUP],
         code_version=stage_code_version(profile, stage),
-        automation_condition=dg.AutomationCondition.eager(),
+        # No automation condition: the shard sensor (new and re-planned shards) and the re-annotation
+        # schedule (an older annotator) request shard runs. Eager automation would request new shards a
+        # second time, and every shard again (1,000 in `paper`) whenever a new catalog lands.
+        automation_condition=None,
         description=STAGE_DESCRIPTIONS[stage],
         check_specs=shard_check_specs(STAGE_KEYS[stage], stage, fallback_limit),
     )
