@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -105,12 +106,16 @@ def merge_pool(out_dir: str | Path, shards: Sequence[ShardSpec], config: Annotat
         records = {shard.name: _shard_record(out, shard) for shard in live}
         state = _state(config, versions, records, {})
         previous, reason = _previous_state(out, state) if incremental else (None, "a whole merge was asked for")
-        if previous is not None and not _disjoint(live):
-            previous, reason = None, "two shards hold the same live clip"
+        if previous is not None:
+            reason = _not_incremental(previous, shards, live)
+            previous = None if reason else previous
         unchanged = [] if previous is None else [s for s in live if previous["shards"].get(s.name) == records[s.name].token]
         kept = {s.name for s in unchanged}
         changed = [shard for shard in live if shard.name not in kept]
-        tables = _assemble(_kept_rows(out, unchanged), [_shard_tables(out, s, versions) for s in changed])
+        tables = _sorted_tables([_shard_tables(out, s, versions) for s in changed])
+        if previous is not None:  # splice the read shards' rows into the previous pool's
+            drop = pa.array([key for shard in shards if shard.name not in kept for key in shard.keys], pa.string())
+            tables = {name: _splice(_read_pool_table(out, name), drop, tables[name]) for name in POOL_TABLES}
         (out / "shards" / STATE).unlink(missing_ok=True)  # the pool files are about to change
         _write_pool(out, tables, [records[s.name].stats for s in live], config, versions)
         atomic_write_json(out / "shards" / STATE, state | {"outputs": _outputs(out)})
@@ -196,10 +201,16 @@ def _previous_state(out: Path, current: Mapping[str, Any]) -> tuple[dict[str, An
     return previous, ""
 
 
-def _disjoint(shards: Sequence[ShardSpec]) -> bool:
-    """Whether every live clip is live in one shard only (a plan guarantees it; hand-made shards may not)."""
-    keys = pa.chunked_array([pa.array(s.live_keys, pa.string()) for s in shards], pa.string())
-    return pc.count_distinct(keys).as_py() == len(keys)
+def _not_incremental(previous: Mapping[str, Any], shards: Sequence[ShardSpec], live: Sequence[ShardSpec]) -> str:
+    """Why the previous pool's rows cannot be kept shard by shard ("" when they can)."""
+    known = {shard.name for shard in shards}
+    left = [name for name in previous["shards"] if name not in known]
+    if left:  # its keys are unknown here, so its rows could not be taken out
+        return f"{left[0]} was merged last time and is not among the shards now"
+    keys = pa.chunked_array([pa.array(s.live_keys, pa.string()) for s in live], pa.string())
+    if pc.count_distinct(keys).as_py() != len(keys):  # a plan never does this; hand-made shards may
+        return "two shards hold the same live clip"
+    return ""
 
 
 def _shard_tables(out: Path, shard: ShardSpec, versions: Mapping[int, str]) -> dict[str, pa.Table]:
@@ -216,16 +227,8 @@ def _shard_tables(out: Path, shard: ShardSpec, versions: Mapping[int, str]) -> d
     }
 
 
-def _kept_rows(out: Path, unchanged: Sequence[ShardSpec]) -> dict[str, pa.Table]:
-    """The previous pool's rows of the unchanged shards' live clips."""
-    if not unchanged:
-        return {}
-    keys = pa.array([key for shard in unchanged for key in shard.live_keys], pa.string())
-    kept = {}
-    for name in POOL_TABLES:
-        table = pq.read_table(out / name)
-        kept[name] = table.filter(pc.is_in(table["key"], value_set=keys))
-    return kept
+def _read_pool_table(out: Path, name: str) -> pa.Table:
+    return pq.read_table(out / name).cast(POOL_TABLES[name])
 
 
 def _without(table: pa.Table, keys: Sequence[str]) -> pa.Table:
@@ -238,16 +241,13 @@ def _concat(tables: Sequence[pa.Table], schema: pa.Schema) -> pa.Table:
     return pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
 
 
-def _assemble(kept: Mapping[str, pa.Table], parts: Sequence[Mapping[str, pa.Table]]) -> dict[str, pa.Table]:
-    """The pool's tables from the kept rows and the re-read shards, in the pool's row order.
-
-    Each clip's rows come from one source, and the sorts are stable, so the order does not depend on
-    which shards were kept; the tables are made contiguous so that neither do the Parquet bytes.
-    """
+def _sorted_tables(parts: Sequence[Mapping[str, pa.Table]]) -> dict[str, pa.Table]:
+    """The shards' tables concatenated and sorted in the pool's row order (key first: each clip's rows
+    come from one shard, and the sorts are stable), as contiguous tables (so the Parquet bytes do not
+    depend on how the rows were gathered)."""
     tables = {}
     for name, schema in POOL_TABLES.items():
-        pieces = ([kept[name]] if name in kept else []) + [part[name] for part in parts]
-        table = _concat(pieces, schema)
+        table = _concat([part[name] for part in parts], schema)
         if name == CLIPS:
             table = table.sort_by([("key", "ascending")])
         elif name == REJECTS:
@@ -256,6 +256,57 @@ def _assemble(kept: Mapping[str, pa.Table], parts: Sequence[Mapping[str, pa.Tabl
             table = sort_boxes(table)
         tables[name] = table.combine_chunks()
     return tables
+
+
+def _splice(previous: pa.Table, drop: pa.Array, new: pa.Table) -> pa.Table:
+    """`previous` without the rows of the keys in `drop`, with `new` inserted where a sort would put it.
+
+    Both tables are in the pool's order, whose first column is the key, so each key's rows are one
+    run; no kept key is in `new`. The result is what sorting both together gives, without the sort:
+    the kept runs are sliced around the new ones, so the work is one copy of the pool.
+    """
+    keys, starts = _key_runs(previous)
+    dropped = pc.is_in(keys, value_set=drop).to_numpy(zero_copy_only=False)
+    new_keys, new_starts = _key_runs(new)
+    # where each new run goes: before the first previous run whose key is not smaller
+    places = [int(starts[_bisect_left(keys, key)]) for key in new_keys.to_pylist()]
+    pieces, done = [], 0
+    for run, place in enumerate(places):
+        if run == 0 or place != places[run - 1]:
+            pieces += _kept_slices(previous, starts, dropped, done, place)
+            done = place
+        pieces.append(new.slice(int(new_starts[run]), int(new_starts[run + 1] - new_starts[run])))
+    pieces += _kept_slices(previous, starts, dropped, done, previous.num_rows)
+    return _concat(pieces, previous.schema).combine_chunks()
+
+
+def _key_runs(table: pa.Table) -> tuple[pa.Array, np.ndarray]:
+    """Each run of equal keys: its key, and the row where it starts (one more entry: the row count)."""
+    if table.num_rows == 0:
+        return pa.array([], pa.string()), np.zeros(1, np.int64)
+    runs = pc.run_end_encode(table["key"].combine_chunks(), run_end_type=pa.int64())
+    return runs.values, np.concatenate([[0], runs.run_ends.to_numpy()])
+
+
+def _bisect_left(keys: pa.Array, key: str) -> int:
+    """The first index of the sorted `keys` whose key is not smaller than `key` (len(keys) if none)."""
+    low, high = 0, len(keys)
+    while low < high:
+        middle = (low + high) // 2
+        if keys[middle].as_py() < key:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+def _kept_slices(table: pa.Table, starts: np.ndarray, dropped: np.ndarray, first: int, last: int) -> list[pa.Table]:
+    """The rows first..last-1 of `table` (both run boundaries) outside dropped runs, one slice a stretch of kept runs."""
+    low, high = int(np.searchsorted(starts, first)), int(np.searchsorted(starts, last))
+    # +1 where a stretch of kept runs begins, -1 where it ends (the edges count as dropped)
+    edges = np.diff(np.concatenate([[1], dropped[low:high], [1]]).astype(np.int8))
+    begins, ends = np.flatnonzero(edges == -1) + low, np.flatnonzero(edges == 1) + low
+    return [table.slice(int(starts[b]), int(starts[e] - starts[b])) for b, e in zip(begins, ends)]
 
 
 def _write_pool(out: Path, tables: Mapping[str, pa.Table], stats: Sequence[Mapping[int, Mapping[str, Any]]],

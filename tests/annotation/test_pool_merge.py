@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -141,3 +144,23 @@ def test_a_shard_changed_behind_the_state_is_read_again_and_named_when_broken(ca
     with pytest.raises(RuntimeError, match="stage 3 of shard-00001 is missing or stale"):
         merge_pool(out, shards, CONFIG)
     assert pool_bytes(out) == before  # refused before writing anything
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_splicing_new_rows_into_the_pool_equals_filtering_and_sorting(seed):
+    """The incremental merge's splice: kept runs sliced around the new ones, against a filter and a sort
+    (new keys before, between and after the kept ones, some equal to dropped keys, empty sides)."""
+    rng = random.Random(seed)
+    keys = sorted(rng.sample(range(1000), 60))
+    rows = [(f"k{k:04d}", i) for k in keys for i in range(rng.randint(1, 4))]
+    previous = pa.table({"key": [k for k, _ in rows], "n": [i for _, i in rows]})
+    dropped = {f"k{k:04d}" for k in rng.sample(keys, 15)}
+    kept = {f"k{k:04d}" for k in keys} - dropped
+    candidates = sorted({f"k{k:04d}" for k in range(-5, 1005)} - kept)
+    new_keys = sorted(rng.sample(candidates, 20))
+    new = pa.table({"key": [k for k in new_keys for _ in range(2)], "n": [10, 11] * len(new_keys)})
+    expected = pa.concat_tables([previous.filter(pc.invert(pc.is_in(previous["key"], pa.array(sorted(dropped))))), new])
+    expected = expected.sort_by([("key", "ascending"), ("n", "ascending")])
+    assert merge._splice(previous, pa.array(sorted(dropped)), new).equals(expected)
+    assert merge._splice(previous.slice(0, 0), pa.array([], pa.string()), new).equals(new)
+    assert merge._splice(previous, pa.array(sorted(dropped)), new.slice(0, 0)).equals(expected.filter(pc.is_in(expected["key"], pa.array(sorted(kept)))))
