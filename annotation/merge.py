@@ -228,6 +228,7 @@ def _shard_tables(out: Path, shard: ShardSpec, versions: Mapping[int, str]) -> d
 
 
 def _read_pool_table(out: Path, name: str) -> pa.Table:
+    """A pool table as the previous merge wrote it, in its canonical schema (as the new rows are)."""
     return pq.read_table(out / name).cast(POOL_TABLES[name])
 
 
@@ -270,14 +271,14 @@ def _splice(previous: pa.Table, drop: pa.Array, new: pa.Table) -> pa.Table:
     new_keys, new_starts = _key_runs(new)
     # where each new run goes: before the first previous run whose key is not smaller
     places = [int(starts[_bisect_left(keys, key)]) for key in new_keys.to_pylist()]
-    pieces, done = [], 0
-    for run, place in enumerate(places):
-        if run == 0 or place != places[run - 1]:
-            pieces += _kept_slices(previous, starts, dropped, done, place)
-            done = place
-        pieces.append(new.slice(int(new_starts[run]), int(new_starts[run + 1] - new_starts[run])))
+    pieces, done, first = [], 0, 0  # rows of `previous` placed so far; first new run not placed yet
+    for run in range(1, len(places) + 1):
+        if run == len(places) or places[run] != places[first]:  # new runs first..run-1 go at one place
+            pieces += _kept_slices(previous, starts, dropped, done, places[first])
+            pieces.append(new.slice(int(new_starts[first]), int(new_starts[run] - new_starts[first])))
+            done, first = places[first], run
     pieces += _kept_slices(previous, starts, dropped, done, previous.num_rows)
-    return _concat(pieces, previous.schema).combine_chunks()
+    return pa.concat_tables(pieces).combine_chunks() if pieces else previous.schema.empty_table()
 
 
 def _key_runs(table: pa.Table) -> tuple[pa.Array, np.ndarray]:
