@@ -6,7 +6,7 @@ again. Shards already current are skipped here, and the shard runner would skip 
 import dagster as dg
 
 from orchestration.defs.annotation.assets import STAGE_KEYS, stage_code_version
-from orchestration.defs.annotation.partitions import SHARDS
+from orchestration.defs.annotation.partitions import SHARDS, latest_materializations
 from orchestration.profile import Profile
 
 CODE_VERSION_TAG = "dagster/code_version"
@@ -14,17 +14,8 @@ CODE_VERSION_TAG = "dagster/code_version"
 
 def shard_code_versions(instance: dg.DagsterInstance, names: list[str]) -> dict[str, str]:
     """Shard → the code version of its latest stage-3 materialisation."""
-    versions: dict[str, str] = {}
-    for start in range(0, len(names), 500):
-        batch = names[start : start + 500]
-        result = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=STAGE_KEYS[3], asset_partitions=batch), limit=len(batch) * 50
-        )
-        for record in result.records:  # newest first
-            partition = record.partition_key
-            if partition is not None and partition not in versions:
-                versions[partition] = record.event_log_entry.tags.get(CODE_VERSION_TAG, "")
-    return versions
+    return {name: (record.event_log_entry.tags or {}).get(CODE_VERSION_TAG, "")
+            for name, record in latest_materializations(instance, STAGE_KEYS[3], names).items()}
 
 
 def build(profile: Profile) -> list:

@@ -26,7 +26,13 @@ from typing import Any
 import dagster as dg
 
 from orchestration.defs.annotation.assets import POOL, STAGE_KEYS
-from orchestration.defs.annotation.partitions import SHARDS, add_shards, missing_shards, planned_shards
+from orchestration.defs.annotation.partitions import (
+    SHARDS,
+    add_shards,
+    latest_materializations,
+    missing_shards,
+    planned_shards,
+)
 from orchestration.defs.raw_videos.assets import CATALOG, pool_videos_root
 from orchestration.profile import Profile
 from orchestration.resources import PipelinePaths
@@ -68,17 +74,9 @@ def _load_cursor(cursor: str | None) -> dict[str, Any]:
 def latest_shard_hashes(instance: dg.DagsterInstance, names: list[str]) -> dict[str, str]:
     """Shard name → the `keys_hash` its latest stage-1 materialisation recorded."""
     hashes: dict[str, str] = {}
-    for start in range(0, len(names), 500):
-        batch = names[start : start + 500]
-        result = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=STAGES[0], asset_partitions=batch), limit=len(batch) * 50
-        )
-        for record in result.records:  # newest first
-            materialization = record.asset_materialization
-            if materialization is None or materialization.partition in hashes:
-                continue
-            value = materialization.metadata.get("keys_hash")
-            hashes[materialization.partition] = value.value if value is not None else ""
+    for name, record in latest_materializations(instance, STAGES[0], names).items():
+        value = record.asset_materialization.metadata.get("keys_hash") if record.asset_materialization else None
+        hashes[name] = value.value if value is not None else ""
     return hashes
 
 

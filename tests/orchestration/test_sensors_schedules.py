@@ -202,3 +202,22 @@ def test_automation_leaves_the_shards_to_the_shard_sensor_and_merges_the_pool_af
     dagster_instance.report_runless_asset_event(dg.AssetMaterialization("pool_catalog"))  # a new catalog
     result = dg.evaluate_automation_conditions(definitions, dagster_instance, selection, cursor=result.cursor)
     assert all(result.get_num_requested(key) == 0 for key in STAGE_KEYS.values())
+
+
+def test_each_shards_latest_materialisation_is_found_past_any_page_limit(dagster_instance):
+    """The shard sensor and the schedule read each shard's newest record: a shard materialised many
+    times must not push another's out of a page (Dagster pages at most 10,000 records a call; the
+    former fixed limit of 50 a shard also exceeded that past 200 shards and failed)."""
+    from orchestration.defs.annotation.partitions import latest_materializations
+
+    names = [f"shard-{i:05d}" for i in range(5)]
+    dagster_instance.add_dynamic_partitions("annotation_shards", names)
+    for round_ in range(3):
+        for name in names[:2] if round_ else names:  # shards 0 and 1 re-annotated twice more
+            dagster_instance.report_runless_asset_event(
+                dg.AssetMaterialization(STAGE_KEYS[1], partition=name, metadata={"keys_hash": f"{name}@{round_}"}))
+    for page, batch in ((2, 500), (3, 2), (10_000, 500)):
+        latest = latest_materializations(dagster_instance, STAGE_KEYS[1], [*names, "shard-99999"], page=page, batch=batch)
+        assert {name: r.asset_materialization.metadata["keys_hash"].value for name, r in latest.items()} == {
+            "shard-00000": "shard-00000@2", "shard-00001": "shard-00001@2", "shard-00002": "shard-00002@0",
+            "shard-00003": "shard-00003@0", "shard-00004": "shard-00004@0"}

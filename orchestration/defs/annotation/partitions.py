@@ -74,6 +74,34 @@ def missing_shards(instance: dg.DagsterInstance, planned: list[str], limit: int 
     return new[:limit] if limit is not None else new
 
 
+MAX_RECORDS = 10_000  # Dagster refuses to fetch more event records than this at a time
+
+
+def latest_materializations(instance: dg.DagsterInstance, key: dg.AssetKey, partitions: list[str],
+                            page: int = MAX_RECORDS, batch: int = 500) -> dict[str, dg.EventLogRecord]:
+    """Each partition's newest materialisation record (a partition never materialised is absent).
+
+    Reads the records newest first, `batch` partitions a query (SQLite bounds a query's parameters)
+    and `page` records a call, until every partition of the batch has been seen or none is left: a
+    partition re-annotated many times cannot push another's latest record out of a fixed limit.
+    """
+    latest: dict[str, dg.EventLogRecord] = {}
+    for start in range(0, len(partitions), batch):
+        wanted = set(partitions[start : start + batch])
+        records_filter = dg.AssetRecordsFilter(asset_key=key, asset_partitions=sorted(wanted))
+        cursor = None
+        while wanted:
+            result = instance.fetch_materializations(records_filter, limit=page, cursor=cursor)
+            for record in result.records:  # newest first
+                if record.partition_key in wanted:
+                    latest[record.partition_key] = record
+                    wanted.discard(record.partition_key)
+            if not result.has_more:
+                break
+            cursor = result.cursor
+    return latest
+
+
 def add_shards(instance: dg.DagsterInstance, names: list[str], batch: int = 1000) -> None:
     for start in range(0, len(names), batch):
         instance.add_dynamic_partitions(SHARDS.name, names[start : start + batch])
