@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import dagster as dg
 
 from orchestration import schedules, sensors
+from orchestration.jobs import lineage_jobs
 from orchestration.defs.annotation import assets as annotation_assets
 from orchestration.defs.benchmarks import assets as benchmark_assets
 from orchestration.defs.evaluation import assets as evaluation_assets
@@ -67,6 +68,7 @@ def build_definitions(
     assets += report_assets.build(profile, report_assets.report_inputs(assets))
     return dg.Definitions(
         assets=assets,
+        jobs=lineage_jobs(assets, profile),
         sensors=sensors.build(profile),
         schedules=schedules.build(profile),
         resources={**default_resources(profile, root), **(resources or {})},

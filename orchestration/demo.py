@@ -33,17 +33,9 @@ PROTOCOL_NOTES = {"official": "GROVE's evaluator, as the paper reports",
 
 
 def instance_settings(home: Path, gpu_slots: int) -> dict[str, Any]:
-    """dagster.yaml of a pipeline home: the `gpu` pool's limit, and storage that is quick to write.
-
-    The consolidated event log is one SQLite file; Dagster's default makes a new file per run and
-    spends about a second creating its schema, which a lineage of many small runs pays every time.
-    """
+    """dagster.yaml of a pipeline home: SQLite storage in the home, and the `gpu` pool's limit."""
     return {
-        "event_log_storage": {
-            "module": "dagster._core.storage.event_log",
-            "class": "ConsolidatedSqliteEventLogStorage",
-            "config": {"base_dir": str(home / "history")},
-        },
+        "storage": {"sqlite": {"base_dir": str(home / "storage")}},
         "concurrency": {"pools": {"granularity": "op", "default_limit": int(gpu_slots)}},
         "telemetry": {"enabled": False},
     }
@@ -141,7 +133,7 @@ def _group_printer(console: Any, groups: int, workers: int):
     def on_group(index: int, group: Any, partitions: list[str | None]) -> None:
         named = [p for p in partitions if p is not None]
         what = f"{len(named)} partition(s) ({', '.join(named)}), up to {min(workers, len(named))} at a time" if named else "running"
-        console.print(f"[{index + 1}/{groups}] {group.label}: {what} ...", soft_wrap=True, markup=False)
+        console.print(f"[{index + 1}/{groups}] {group.label} ({group.assets}): {what} ...", soft_wrap=True, markup=False)
 
     return on_group
 

@@ -1,13 +1,14 @@
-"""Materialise a whole asset graph in lineage order, reusing what Dagster already considers up to date.
+"""Materialise the lineage's named jobs in order, reusing what is already up to date.
 
-`grove demo` uses this instead of one big run, because the annotation shards are dynamic
-partitions that exist only once the catalog does, and because a second run must skip everything
-that is fresh. "Up to date" is Dagster's own notion: materialised, same code version, and made
-from the current data versions of its parents (which are DVC hashes here).
+`grove demo` uses this instead of one big run: a Dagster run covers one partition of one
+partitioning, the annotation shards are dynamic partitions that exist only once the catalog does,
+and a second run must skip everything that is fresh. Each lineage job (orchestration/jobs.py) is a
+group; each partition of a group is one run of that job, from the group's first stale or missing
+asset, started as soon as the partitions upstream of it are done (not the whole group before it).
 
-Consecutive assets of the graph's topological order that share a partitioning form one group;
-each partition of a group is one run that starts at the group's first stale or missing asset,
-as soon as the partitions upstream of it are done (not the whole group before it).
+"Up to date" is Dagster's data-versioning notion, read from the event log through public APIs:
+materialised, with the code version it has now, and from the same data versions of its upstream
+partitions (DVC hashes here) as when it was materialised (`why_stale`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import dagster as dg
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-from dagster._core.definitions.partitions.definition import PartitionsDefinition
 
 log = logging.getLogger(__name__)
 
 RUN_TAG = "grove/lineage"
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+DATA_VERSION_TAG = "dagster/data_version"  # the materialisation tag Dagster keeps an asset's data version in
 
 # Called before a group's partitions are listed: keeps dynamic partitions in step with the data
 # upstream of them (e.g. adds the shards of a catalog that was just materialised).
@@ -36,11 +36,18 @@ DefinitionsFactory = Callable[[], dg.Definitions]
 
 @dataclass(frozen=True)
 class Group:
+    """One lineage job: its name, its assets in topological order, and their partitioning."""
+
+    job: str
     keys: tuple[dg.AssetKey, ...]
-    partitions_def: PartitionsDefinition | None
+    partitions_def: dg.PartitionsDefinition | None
 
     @property
     def label(self) -> str:
+        return self.job
+
+    @property
+    def assets(self) -> str:
         return " → ".join(key.to_user_string() for key in self.keys)
 
 
@@ -66,58 +73,133 @@ class LineageReport:
         return sum(1 for o in self.outcomes if o.reused)
 
 
+class LineageOrderError(ValueError):
+    """The definitions' jobs do not form a lineage: an asset in no job, or reading a later job's asset."""
+
+
 def lineage_groups(defs: dg.Definitions) -> list[Group]:
+    """The definitions' asset jobs in the order they are declared, checked to be a lineage order."""
     graph = defs.resolve_asset_graph()
-    groups: list[Group] = []
-    for key in graph.toposorted_asset_keys:
-        node = graph.get(key)
-        if not node.is_materializable:
-            continue
-        if groups and groups[-1].partitions_def == node.partitions_def:
-            groups[-1] = Group(groups[-1].keys + (key,), node.partitions_def)
-        else:
-            groups.append(Group((key,), node.partitions_def))
+    order = {key: index for index, key in enumerate(graph.toposorted_asset_keys)}
+    groups = []
+    for job in defs.jobs or []:
+        selection = getattr(job, "selection", None)  # asset jobs (define_asset_job) have one; op jobs do not
+        if isinstance(selection, dg.AssetSelection):
+            keys = tuple(sorted(selection.resolve(graph), key=order.__getitem__))
+            groups.append(Group(job.name, keys, defs.resolve_assets_def(keys[0]).partitions_def))
+    _check_order(defs, groups, set(order))
     return groups
 
 
-def partition_keys(partitions_def: PartitionsDefinition | None, instance: dg.DagsterInstance) -> list[str | None]:
+def _check_order(defs: dg.Definitions, groups: list[Group], all_keys: set[dg.AssetKey]) -> None:
+    position = {key: index for index, group in enumerate(groups) for key in group.keys}
+    for key in all_keys:
+        if key not in position:
+            if defs.resolve_assets_def(key).is_materializable:
+                raise LineageOrderError(f"{key.to_user_string()}: in no lineage job")
+            continue
+        for dep in dependencies(defs, key):
+            if position.get(dep.asset_key, -1) > position[key]:
+                raise LineageOrderError(f"{key.to_user_string()} (job {groups[position[key]].job}) reads "
+                                        f"{dep.asset_key.to_user_string()} of the later job {groups[position[dep.asset_key]].job}")
+
+
+def dependencies(defs: dg.Definitions, key: dg.AssetKey) -> list[dg.AssetDep]:
+    return list(defs.resolve_assets_def(key).specs_by_key[key].deps)
+
+
+def partition_keys(partitions_def: dg.PartitionsDefinition | None, instance: dg.DagsterInstance) -> list[str | None]:
     if partitions_def is None:
         return [None]
     return list(partitions_def.get_partition_keys(dynamic_partitions_store=instance))
 
 
-def stale_or_missing(defs: dg.Definitions, instance: dg.DagsterInstance, keys: Sequence[dg.AssetKey], partition: str | None) -> list[dg.AssetKey]:
-    """The keys Dagster reports as missing or stale for `partition` (a fresh resolver each call)."""
-    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
-    from dagster._time import get_current_datetime
+def upstream_partitions(
+    defs: dg.Definitions, instance: dg.DagsterInstance, key: dg.AssetKey, dep: dg.AssetDep, partition: str | None
+) -> list[str | None]:
+    """The partitions of `dep` that `partition` of `key` reads (all of them when the mapping is not one we know)."""
+    parent = defs.resolve_assets_def(dep.asset_key).partitions_def
+    if parent is None:
+        return [None]
+    everything = partition_keys(parent, instance)
+    if partition is None:
+        return everything
+    child = defs.resolve_assets_def(key)
+    mapping = child.get_partition_mapping(dep.asset_key)
+    if isinstance(mapping, dg.StaticPartitionMapping):
+        return [q for q in everything if partition in _as_set(mapping.downstream_partition_keys_by_upstream_partition_key.get(q, ()))]
+    if isinstance(mapping, dg.IdentityPartitionMapping) or (mapping is None and child.partitions_def == parent):
+        return [partition]  # Dagster's default between equal partitionings: partition to partition
+    return everything
 
-    # Internal API (as `dagster._utils.test.data_versions` uses it): Dagster exposes stale status to
-    # the UI and to RunRequest(stale_assets_only=True) but has no public function for it.
-    graph = defs.resolve_asset_graph()
-    view = AssetGraphView(
-        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
-        instance=instance,
-        asset_graph=graph,
-    )
-    resolver = CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
-    return [key for key in keys if resolver.get_status(key, partition) in (StaleStatus.MISSING, StaleStatus.STALE)]
+
+def _as_set(value: str | Sequence[str]) -> set[str]:
+    return {value} if isinstance(value, str) else set(value)
+
+
+def _latest(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None, before: int | None = None) -> Any:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition is not None else None,
+                              before_storage_id=before),
+        limit=1,
+    ).records
+    return records[0] if records else None
+
+
+def why_stale(defs: dg.Definitions, instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None) -> str | None:
+    """Why `partition` of `key` needs materialising ("missing", a new code version, a changed upstream), else None.
+
+    An upstream partition counts as changed when it was materialised after `key` with a data
+    version other than the one it had when `key` was materialised: re-materialising a parent
+    with the same output leaves its children fresh.
+    """
+    record = _latest(instance, key, partition)
+    if record is None:
+        return "missing"
+    provenance = dg.DataProvenance.from_tags(record.asset_materialization.tags)
+    code_version = defs.resolve_assets_def(key).code_versions_by_key.get(key)
+    if code_version is not None and (provenance is None or provenance.code_version != code_version):
+        return f"code version {provenance.code_version if provenance else None} → {code_version}"
+    for dep in dependencies(defs, key):
+        for upstream in upstream_partitions(defs, instance, key, dep, partition):
+            if _changed_since(instance, dep.asset_key, upstream, record.storage_id):
+                where = f" [{upstream}]" if upstream is not None else ""
+                return f"{dep.asset_key.to_user_string()}{where} changed"
+    return None
+
+
+def _changed_since(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None, storage_id: int) -> bool:
+    latest = _latest(instance, key, partition)
+    if latest is None or latest.storage_id < storage_id:
+        return False
+    before = _latest(instance, key, partition, before=storage_id)
+    return before is None or _data_version(before) != _data_version(latest)
+
+
+def _data_version(record: Any) -> str | None:
+    return record.asset_materialization.tags.get(DATA_VERSION_TAG)
+
+
+def stale_or_missing(defs: dg.Definitions, instance: dg.DagsterInstance, keys: Sequence[dg.AssetKey], partition: str | None) -> list[dg.AssetKey]:
+    """The keys of `keys` that `why_stale` finds missing or stale for `partition`."""
+    return [key for key in keys if why_stale(defs, instance, key, partition) is not None]
 
 
 def _materialize(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
+    job: str,
     selection: Sequence[dg.AssetKey],
     partition: str | None,
     tags: Mapping[str, str] | None,
     run_config: Mapping | None,
 ) -> float:
+    """One run of the named job over `selection` (and the checks of those assets)."""
     started = time.perf_counter()
-    dg.materialize(
-        list(defs.assets or []) + list(defs.asset_checks or []),
-        selection=dg.AssetSelection.assets(*selection),
-        partition_key=partition,
+    defs.resolve_job_def(job).execute_in_process(
         instance=instance,
-        resources=defs.resources,
+        partition_key=partition,
+        asset_selection=list(selection),
         tags={RUN_TAG: "true", **(tags or {})},
         run_config=run_config if run_config is not None else QUIET_RUN_CONFIG,
     )
@@ -135,6 +217,7 @@ def quiet_preview_warnings() -> None:
 def _materialize_in_worker(
     build: DefinitionsFactory,
     instance_ref: Any,
+    job: str,
     selection: Sequence[str],
     partition: str | None,
     tags: Mapping[str, str] | None,
@@ -145,9 +228,9 @@ def _materialize_in_worker(
     instance = dg.DagsterInstance.from_ref(instance_ref)
     try:
         keys = [dg.AssetKey.from_user_string(key) for key in selection]
-        return _materialize(build(), instance, keys, partition, tags, run_config)
+        return _materialize(build(), instance, job, keys, partition, tags, run_config)
     except Exception as exc:  # Dagster's errors do not always survive pickling; their message does
-        raise RuntimeError(f"{', '.join(selection)} [{partition}]: {type(exc).__name__}: {exc}") from None
+        raise RuntimeError(f"{job}: {', '.join(selection)} [{partition}]: {type(exc).__name__}: {exc}") from None
     finally:
         instance.dispose()
 
@@ -164,7 +247,6 @@ class _Plan:
 
     def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, syncs: Sequence[PartitionSync]) -> None:
         self.defs, self.instance, self.syncs = defs, instance, syncs
-        self.graph = defs.resolve_asset_graph()
         self.groups = lineage_groups(defs)
         self.partitions: dict[int, list[str | None]] = {}
         self.started: set[tuple[int, str | None]] = set()
@@ -194,32 +276,18 @@ class _Plan:
             self.partitions[index] = partition_keys(group.partitions_def, self.instance)
 
     def _waits(self, task: tuple[int, str | None]) -> bool:
+        """Whether a partition of an earlier group that `task` reads has not finished yet."""
         index, partition = task
-        return any(
-            (earlier, upstream) not in self.finished and self._feeds(earlier, upstream, index, partition)
-            for earlier in range(index)
-            for upstream in self.partitions[earlier]
-        )
-
-    def _feeds(self, upstream_group: int, upstream: str | None, group: int, partition: str | None) -> bool:
-        parents = set(self.groups[upstream_group].keys)
-        return any(
-            self._maps(key, parent, partition, upstream)
-            for key in self.groups[group].keys
-            for parent in self.graph.get(key).parent_keys & parents
-        )
-
-    def _maps(self, key: dg.AssetKey, parent: dg.AssetKey, partition: str | None, upstream: str | None) -> bool:
-        """Whether `partition` of `key` reads `upstream` of `parent` (True when unsure)."""
-        if partition is None or upstream is None:
-            return True
-        mapping = self.defs.resolve_assets_def(key).get_partition_mapping(parent)
-        if isinstance(mapping, dg.StaticPartitionMapping):
-            downstream = mapping.downstream_partition_keys_by_upstream_partition_key.get(upstream, ())
-            return partition in ({downstream} if isinstance(downstream, str) else set(downstream))
-        if isinstance(mapping, dg.IdentityPartitionMapping):
-            return partition == upstream
-        return True
+        owner = {key: earlier for earlier in range(index) for key in self.groups[earlier].keys}
+        for key in self.groups[index].keys:
+            for dep in dependencies(self.defs, key):
+                earlier = owner.get(dep.asset_key)
+                if earlier is None:
+                    continue
+                upstream = upstream_partitions(self.defs, self.instance, key, dep, partition)
+                if any((earlier, q) not in self.finished for q in upstream):
+                    return True
+        return False
 
 
 def materialize_lineage(
@@ -271,12 +339,12 @@ def materialize_lineage(
                 selection = list(group.keys[first:])
                 names = [key.to_user_string() for key in selection]
                 if workers <= 1:
-                    seconds = _materialize(defs, instance, selection, partition, tags, run_config)
+                    seconds = _materialize(defs, instance, group.job, selection, partition, tags, run_config)
                     plan.finished.add(task)
                     _record(report, on_step, index, StepOutcome(group.label, partition, names, seconds, False))
                     continue
                 pool = pool or ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-                future = pool.submit(_materialize_in_worker, build, instance.get_ref(), names, partition, tags, run_config)
+                future = pool.submit(_materialize_in_worker, build, instance.get_ref(), group.job, names, partition, tags, run_config)
                 running[future] = (index, partition, names)
             if not running:
                 break

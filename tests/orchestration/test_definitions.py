@@ -9,6 +9,8 @@ import pytest
 import yaml
 
 from orchestration.definitions import build_definitions, defs, dvc_enabled
+from orchestration.jobs import STAGES
+from orchestration.lineage import lineage_groups
 from orchestration.defs.benchmarks.assets import benchmark_source
 from orchestration.defs.common import FT_ONLY, dvc_stage
 from orchestration.defs.evaluation.grounding import configured, dvc_grounding_stage, metrics_file, predictions_file
@@ -70,6 +72,26 @@ def test_every_asset_is_described_owned_grouped_and_versioned(profile_name, tmp_
         if node.is_materializable:
             assert node.code_version, key
             assert (set(node.pools or []) == {"gpu"}) == (key.to_user_string() in GPU_ASSETS), (key, node.pools)
+
+
+@pytest.mark.parametrize("profile_name", ["demo", "paper"])
+def test_the_lineage_is_named_jobs_that_hold_every_asset_once(profile_name, tmp_path):
+    definitions = build_definitions(load_profile(profile_name), tmp_path)
+    groups = lineage_groups(definitions)
+    assert [g.job for g in groups] == [stage.name for stage in STAGES]
+    keys = [key for group in groups for key in group.keys]
+    materializable = [k for k in definitions.resolve_asset_graph().get_all_asset_keys()
+                      if definitions.resolve_assets_def(k).is_materializable]
+    assert len(keys) == len(set(keys)) == len(materializable)
+    for group in groups:  # each resolves: one partitioning per job
+        assert definitions.resolve_job_def(group.job).partitions_def == group.partitions_def
+
+
+def test_orchestration_uses_no_private_dagster_module():
+    sources = sorted((REPO_ROOT / "orchestration").rglob("*.py"))
+    assert sources
+    offending = [str(path.relative_to(REPO_ROOT)) for path in sources if "dagster._" in path.read_text()]
+    assert offending == []
 
 
 def test_scaling_partitions_come_from_the_profile(tmp_path):

@@ -7,7 +7,7 @@ import time
 import dagster as dg
 import pytest
 
-from orchestration.lineage import lineage_groups, materialize_lineage, recover_interrupted_runs, RUN_TAG
+from orchestration.lineage import LineageOrderError, lineage_groups, materialize_lineage, recover_interrupted_runs, RUN_TAG, why_stale
 
 SHARDS = dg.DynamicPartitionsDefinition(name="toy_shards")
 SIZES = dg.StaticPartitionsDefinition(["s", "m"])
@@ -34,7 +34,10 @@ def toy_defs(calls: list, merged_version: str = "1", merged_output: str = "a") -
         calls.append(("check", None))
         return dg.AssetCheckResult(passed=True)
 
-    return dg.Definitions(assets=[catalog, stage1, stage2, merged, subset, curve], asset_checks=[merged_not_empty])
+    jobs = [dg.define_asset_job(name, selection=selection) for name, selection in [
+        ("catalog_job", [catalog]), ("stages_job", [stage1, stage2]), ("merged_job", [merged]),
+        ("subset_job", [subset]), ("curve_job", [curve])]]
+    return dg.Definitions(assets=[catalog, stage1, stage2, merged, subset, curve], asset_checks=[merged_not_empty], jobs=jobs)
 
 
 def add_shards(instance: dg.DagsterInstance) -> None:
@@ -45,8 +48,9 @@ def add_shards(instance: dg.DagsterInstance) -> None:
 
 def test_groups_follow_the_partitioning_in_topological_order():
     groups = lineage_groups(toy_defs([]))
-    assert [[k.to_user_string() for k in g.keys] for g in groups] == [
-        ["catalog"], ["stage1", "stage2"], ["merged"], ["subset"], ["curve"]
+    assert [(g.job, [k.to_user_string() for k in g.keys]) for g in groups] == [
+        ("catalog_job", ["catalog"]), ("stages_job", ["stage1", "stage2"]), ("merged_job", ["merged"]),
+        ("subset_job", ["subset"]), ("curve_job", ["curve"]),
     ]
 
 
@@ -56,8 +60,8 @@ def test_whole_lineage_then_nothing_then_only_what_changes_make_stale(dagster_in
     started: list = []
     report = materialize_lineage(toy_defs(calls), instance, partition_syncs=[add_shards],
                                  on_group=lambda index, group, partitions: started.append((index, group.label, partitions)))
-    assert started == [(0, "catalog", [None]), (1, "stage1 → stage2", ["shard-0", "shard-1"]), (2, "merged", [None]),
-                       (3, "subset", ["s", "m"]), (4, "curve", [None])]  # each group announced before it runs
+    assert started == [(0, "catalog_job", [None]), (1, "stages_job", ["shard-0", "shard-1"]), (2, "merged_job", [None]),
+                       (3, "subset_job", ["s", "m"]), (4, "curve_job", [None])]  # each group announced before it runs
     assert set(calls) == {
         ("catalog", None), ("stage1", "shard-0"), ("stage2", "shard-0"), ("stage1", "shard-1"),
         ("stage2", "shard-1"), ("merged", None), ("check", None), ("subset", "s"), ("subset", "m"), ("curve", None),
@@ -93,7 +97,7 @@ def test_a_failing_asset_stops_the_lineage_with_its_error(dagster_instance):
         raise ValueError("catalog.parquet: missing column 'key'")
 
     with pytest.raises(Exception, match="missing column 'key'"):
-        materialize_lineage(dg.Definitions(assets=[fails]), dagster_instance)
+        materialize_lineage(dg.Definitions(assets=[fails], jobs=[dg.define_asset_job("fails_job", [fails])]), dagster_instance)
     # The failed run is recorded as failed, not left "started".
     assert recover_interrupted_runs(dagster_instance) == 0
 
@@ -116,7 +120,8 @@ def recording_defs(log_dir: str, fail_partition: str = "") -> dg.Definitions:
     root = dg.asset(name="root", code_version="1")(body("root"))
     train = dg.asset(name="train", deps=[root], partitions_def=sizes, code_version="1")(body("train"))
     score = dg.asset(name="score", deps=[train], partitions_def=sizes, code_version="1")(body("score"))
-    return dg.Definitions(assets=[root, train, score])
+    jobs = [dg.define_asset_job("root_job", [root]), dg.define_asset_job("train_job", [train, score])]
+    return dg.Definitions(assets=[root, train, score], jobs=jobs)
 
 
 def test_partitions_of_a_group_run_concurrently_in_worker_processes(dagster_instance, tmp_path):
@@ -135,7 +140,7 @@ def test_partitions_of_a_group_run_concurrently_in_worker_processes(dagster_inst
 
 def test_a_failing_partition_in_a_worker_fails_the_lineage_after_the_others_finish(dagster_instance, tmp_path):
     build = functools.partial(recording_defs, str(tmp_path), "b")
-    with pytest.raises(RuntimeError, match=r"train, score \[b\].*bad clip in b"):
+    with pytest.raises(RuntimeError, match=r"train_job: train, score \[b\].*bad clip in b"):
         materialize_lineage(build(), dagster_instance, workers=2, build=build)
     done = {tuple(line.split()[:2]) for line in (tmp_path / "calls.txt").read_text().splitlines()}
     assert ("root", "None") in done and ("train", "b") not in done
@@ -165,7 +170,8 @@ def waiting_defs(log_dir: str) -> dg.Definitions:
         if context.partition_key == "ft_only":
             open(flag, "w").close()
 
-    return dg.Definitions(assets=[pretrain, finetune])
+    jobs = [dg.define_asset_job("pretrain_job", [pretrain]), dg.define_asset_job("finetune_job", [finetune])]
+    return dg.Definitions(assets=[pretrain, finetune], jobs=jobs)
 
 
 def test_a_partition_starts_once_its_own_upstream_is_done_not_the_whole_group(dagster_instance, tmp_path):
@@ -177,4 +183,33 @@ def test_a_partition_starts_once_its_own_upstream_is_done_not_the_whole_group(da
     assert announced == [(0, ["a", "b"]), (1, ["ft_only", "a", "b"])]
     # `finetune[b]` ran after `pretrain[b]`: outcomes arrive in completion order
     order = [(o.group, o.partition) for o in report.outcomes]
-    assert order.index(("pretrain", "b")) < order.index(("finetune", "b"))
+    assert order.index(("pretrain_job", "b")) < order.index(("finetune_job", "b"))
+
+
+def test_runs_are_the_named_jobs_and_an_asset_outside_every_job_is_refused(dagster_instance):
+    materialize_lineage(toy_defs([]), dagster_instance, partition_syncs=[add_shards])
+    names = {run.job_name for run in dagster_instance.get_runs()}
+    assert names == {"catalog_job", "stages_job", "merged_job", "subset_job", "curve_job"}
+
+    @dg.asset
+    def orphan() -> None: ...
+
+    with pytest.raises(LineageOrderError, match="orphan: in no lineage job"):
+        lineage_groups(dg.Definitions(assets=[orphan]))
+    late = toy_defs([])
+    jobs = list(late.jobs)
+    with pytest.raises(LineageOrderError, match="reads catalog of the later job catalog_job"):
+        lineage_groups(dg.Definitions(assets=late.assets, jobs=[jobs[1], jobs[0], *jobs[2:]]))
+
+
+def test_why_stale_names_the_reason(dagster_instance):
+    calls: list = []
+    materialize_lineage(toy_defs(calls), dagster_instance, partition_syncs=[add_shards])
+    fresh = toy_defs(calls)
+    assert why_stale(fresh, dagster_instance, dg.AssetKey("subset"), "s") is None
+    assert why_stale(toy_defs(calls, merged_version="2"), dagster_instance, dg.AssetKey("merged"), None) == "code version 1 → 2"
+    materialize_lineage(toy_defs(calls, merged_version="1", merged_output="b"), dagster_instance, partition_syncs=[add_shards])
+    # merged kept its code version, so nothing re-ran it; re-materialise it with new output by hand
+    dg.materialize([*toy_defs(calls, merged_output="b").assets], selection=["merged"], instance=dagster_instance)
+    assert why_stale(fresh, dagster_instance, dg.AssetKey("subset"), "s") == "merged changed"
+    assert why_stale(fresh, dagster_instance, dg.AssetKey("curve"), None) is None  # its parent has not re-run yet
