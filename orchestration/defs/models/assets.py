@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import dagster as dg
 
 from orchestration.defs.benchmarks.assets import IGROUND
-from orchestration.defs.common import FT_ONLY, OWNERS, code_version, dvc_stage, input_versions
+from orchestration.defs.common import FT_ONLY, OWNERS, code_version, dvc_stage, input_versions, on_changed_inputs
 from orchestration.defs.models.partitions import pretrained_of_variant, variant_partitions
 from orchestration.defs.raw_videos.assets import external_folder
 from orchestration.defs.scaling.assets import SUBSET
@@ -94,7 +94,7 @@ def build(profile: Profile) -> list:
         owners=OWNERS[GROUP],
         pool="gpu",
         code_version=code_version(profile, "1", "seed", "model.config", "model.pretrain", "model.nproc_per_node"),
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=on_changed_inputs(),
         description="GROVE pre-trained on one pre-training subset (the HowToGround1M stand-in), in a "
         "torchrun subprocess through Dagster Pipes; safetensors checkpoints, the best by validation loss. "
         "Starts from the profile's `model.start_from` (the paper: GLaMM) or from random weights.",
@@ -121,7 +121,7 @@ def build(profile: Profile) -> list:
         owners=OWNERS[GROUP],
         pool="gpu",
         code_version=code_version(profile, "1", "seed", "model.config", "model.finetune", "model.nproc_per_node"),
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=on_changed_inputs(),
         description="GROVE fine-tuned on iGround's train split (validated on val), starting from the "
         f"pre-trained model of the partition's size; partition '{FT_ONLY}' starts from the profile's "
         "`model.start_from` (the paper: GLaMM) or from scratch.",
