@@ -28,6 +28,21 @@ OWNERS = {
 FT_ONLY = "ft_only"
 
 
+def on_changed_inputs() -> dg.AutomationCondition:
+    """Automation for every asset of the lineage: like `eager()`, but a parent counts only when its
+    data version changed (re-running it with the same output, e.g. the same DVC hash, retrains
+    nothing), and never before the parents' blocking checks have passed."""
+    inputs_changed = dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed())
+    return (
+        dg.AutomationCondition.in_latest_time_window()
+        & (dg.AutomationCondition.newly_missing() | inputs_changed).since_last_handled()
+        & ~dg.AutomationCondition.any_deps_missing()
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+        & dg.AutomationCondition.all_deps_blocking_checks_passed()
+    ).with_label("on_changed_inputs")
+
+
 def dvc_stage(kind: str, partition: str) -> str:
     """The dvc.yaml stage that makes one partition: `kind@size` (a foreach stage), or `kind_ft_only`."""
     return f"{kind}_{FT_ONLY}" if partition == FT_ONLY else f"{kind}@{partition}"

@@ -27,7 +27,7 @@ from orchestration.defs.annotation.partitions import (
     shard_spec,
 )
 from grove.io import atomic_write_json
-from orchestration.defs.common import OWNERS, code_version, input_versions, numeric_metadata, table_preview, timed
+from orchestration.defs.common import OWNERS, code_version, input_versions, numeric_metadata, on_changed_inputs, table_preview, timed
 from orchestration.defs.raw_videos.assets import CATALOG, SYNTHETIC, uses_synthetic
 from orchestration.profile import Profile
 from orchestration.resources import DvcResource, MlflowResource, PipelinePaths, combine_versions, dvc_md5
@@ -155,7 +155,7 @@ def build(profile: Profile) -> list:
         kinds={"python", "parquet"},
         owners=OWNERS[GROUP],
         code_version=annotator_version(annotator_config(profile)),
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=on_changed_inputs(),
         description="The auto-annotated pool in the HowToGround1M format: every shard's stage-3 tables "
         "merged into one dataset folder (raw and union-merged processed boxes, rejected clips with "
         "their reasons, the annotator version in its manifest); clips a later catalog changed or "
@@ -205,7 +205,7 @@ def _quality_asset(profile: Profile) -> dg.AssetsDefinition:
         kinds={"python", "mlflow"},
         owners=OWNERS[GROUP],
         code_version=code_version(profile, "1", "scaling.pool_split"),
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=on_changed_inputs(),
         description="The automatic annotation scored against the synthetic ground truth with the iGround "
         "metrics (x100), next to naively labelled stage-1 boxes: the paper's 'automatic annotation' row.",
     )

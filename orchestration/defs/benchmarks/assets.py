@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import dagster as dg
 
-from orchestration.defs.common import OWNERS, code_version, log_progress, numeric_metadata, table_preview, timed
+from orchestration.defs.common import OWNERS, code_version, log_progress, numeric_metadata, on_changed_inputs, table_preview, timed
 from orchestration.defs.raw_videos.assets import SYNTHETIC, external_folder
 from orchestration.defs.scaling.subsets import rebase_video_paths
 from orchestration.profile import Profile
@@ -187,7 +187,7 @@ def _external_benchmark(profile: Profile, name: str) -> list:
         kinds={"python", "parquet"},
         owners=OWNERS[GROUP],
         code_version=code_version(profile, "2", *conversion_keys),
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=on_changed_inputs(),
         description=f"{name}'s splits converted from the official {fmt} files ({where}) into the canonical clip "
         "and box tables (`grove data convert`).",
     )
@@ -226,7 +226,7 @@ def build(profile: Profile) -> list:
         kinds={"python", "parquet"},
         owners=OWNERS[GROUP],
         code_version=code_version(profile, "2", "benchmarks.iground"),
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=on_changed_inputs(),
         description="iGround's train/val/test splits converted from the official raw pickles into the "
         "canonical clip and box tables (raw and union-merged processed boxes).",
     )

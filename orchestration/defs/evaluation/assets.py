@@ -15,7 +15,7 @@ import dagster as dg
 from evaluation.bootstrap import BootstrapSettings
 from grove.io import atomic_write_json, atomic_write_text
 from orchestration.defs.benchmarks.assets import IGROUND
-from orchestration.defs.common import FT_ONLY, OWNERS, code_version, dvc_stage, input_versions, numeric_metadata
+from orchestration.defs.common import FT_ONLY, OWNERS, code_version, dvc_stage, input_versions, numeric_metadata, on_changed_inputs
 from orchestration.compare import REPORT_ARTIFACT, metric_key, mlflow_metrics, paired_difference_cells
 from orchestration.defs.evaluation.checks import metric_check_specs, report_check_results
 from orchestration.defs.models.assets import FINETUNED
@@ -139,7 +139,7 @@ def build(profile: Profile) -> list:
         owners=OWNERS[GROUP],
         pool="gpu",
         code_version=code_version(profile, "1", "inference"),
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=on_changed_inputs(),
         description=f"Grounded captions for iGround's {split} split by the official GROVE protocol (5 fps "
         "frames, sliding 8-frame windows, greedy caption from the centre window, objectness threshold), "
         "in the official prediction layout; a Pipes subprocess.",
@@ -170,7 +170,7 @@ def build(profile: Profile) -> list:
         kinds={"python", "duckdb", "mlflow"},
         owners=OWNERS[GROUP],
         code_version=code_version(profile, "3", "evaluation"),
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=on_changed_inputs(),
         check_specs=metric_check_specs(METRICS, metrics),
         description="iGround METEOR, CIDEr, AP50 (per video, class-agnostic COCO) and Recall, exactly as the "
         "official evaluator computes them, beside the corrected protocol's (xyxy recall, by-query pairing), each "
@@ -220,7 +220,7 @@ def build(profile: Profile) -> list:
         kinds={"python", "matplotlib", "mlflow"},
         owners=OWNERS[GROUP],
         code_version=code_version(profile, "2", "evaluation.metrics"),
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=on_changed_inputs(),
         description="The data-scaling curve: each iGround metric against the number of pre-training clips (log "
         "axis), with its interval as an error bar and FT-only as a band, under the official and the corrected "
         "protocol; a plot and its table, and each size's paired difference from FT-only.",
@@ -251,7 +251,7 @@ def build(profile: Profile) -> list:
         kinds={"mlflow"},
         owners=OWNERS["models"],
         code_version=code_version(profile, "1", "evaluation.champion_metric"),
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=on_changed_inputs(),
         description=f"The fine-tuned model with the best iGround {champion_metric}, registered in the MLflow "
         "model registry under the alias 'champion'.",
     )

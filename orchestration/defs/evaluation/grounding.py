@@ -22,7 +22,7 @@ import dagster as dg
 
 from grove.io import atomic_write_text
 from orchestration.defs.benchmarks.assets import benchmark_key, benchmark_source
-from orchestration.defs.common import FT_ONLY, OWNERS, code_version, input_versions, numeric_metadata
+from orchestration.defs.common import FT_ONLY, OWNERS, code_version, input_versions, numeric_metadata, on_changed_inputs
 from orchestration.compare import metric_key, mlflow_metrics
 from orchestration.defs.evaluation.checks import metric_check_specs, report_check_results
 from orchestration.defs.models.assets import FINETUNED
@@ -173,7 +173,7 @@ def _benchmark_assets(profile: Profile, name: str) -> list:
         pool="gpu",
         code_version=code_version(profile, "1", f"benchmarks.{name}.split", f"benchmarks.{name}.temporal",
                                   "inference.objectness_threshold"),
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=on_changed_inputs(),
         description=f"Predictions of each fine-tuned model on {name}'s {split} split by {protocol}; in the official "
         "prediction layout, a Pipes subprocess.",
     )
@@ -202,7 +202,7 @@ def _benchmark_assets(profile: Profile, name: str) -> list:
         kinds={"python", "duckdb", "mlflow"},
         owners=OWNERS[GROUP],
         code_version=code_version(profile, "1", f"benchmarks.{name}", "evaluation.bootstrap"),
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=on_changed_inputs(),
         check_specs=metric_check_specs(metrics_key(name), headline),
         description={
             "vidstg": "VidSTG msIoU per sentence type (declarative, interrogative; and over all sentences) and msIoU@0.3/0.5, "

@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pyarrow.parquet as pq
 
-from orchestration.defs.common import OWNERS, code_version, log_progress, numeric_metadata, table_preview, timed
+from orchestration.defs.common import OWNERS, code_version, log_progress, numeric_metadata, on_changed_inputs, table_preview, timed
 from orchestration.profile import Profile
 from orchestration.resources import DvcResource, PipelinePaths
 
@@ -97,7 +97,7 @@ def build(profile: Profile) -> list:
         kinds={"python", "parquet", "duckdb"},
         owners=OWNERS[GROUP],
         code_version=code_version(profile, "1", "catalog"),
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=on_changed_inputs(),
         description="Every pool video probed (duration, fps, frames, size, codec) and content-hashed "
         "(`grove data ingest`); corrupt, truncated, empty, non-video, duplicate and missing files go to "
         "rejects.parquet with their reason. Re-runs probe only new or changed files.",

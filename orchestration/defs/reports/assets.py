@@ -9,7 +9,7 @@ from typing import Sequence
 
 import dagster as dg
 
-from orchestration.defs.common import OWNERS, code_version, numeric_metadata, timed
+from orchestration.defs.common import OWNERS, code_version, numeric_metadata, on_changed_inputs, timed
 from orchestration.profile import Profile
 from orchestration.resources import MlflowResource, PipelinePaths
 
@@ -32,7 +32,7 @@ def build(profile: Profile, inputs: Sequence[dg.AssetKey]) -> list:
         kinds={"python", "html"},
         owners=OWNERS[GROUP],
         code_version=code_version(profile, "1", "evaluation.metrics", "inference.split"),
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=on_changed_inputs(),
         description="One self-contained HTML page of the run (`grove report`): each benchmark's table per protocol "
         "with bootstrap intervals, the data-scaling plot, the automatic annotation's quality and counts, and "
         "grounded captions of test clips beside their ground truth; rows link to MLflow runs and Dagster assets.",

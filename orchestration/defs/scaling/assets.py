@@ -4,7 +4,7 @@ import dagster as dg
 
 from orchestration.defs.annotation.assets import POOL
 from orchestration.defs.raw_videos.assets import pool_videos_root
-from orchestration.defs.common import OWNERS, code_version, numeric_metadata, timed
+from orchestration.defs.common import OWNERS, code_version, numeric_metadata, on_changed_inputs, timed
 from orchestration.defs.scaling.partitions import size_partitions
 from orchestration.defs.scaling.subsets import SubsetSummary, write_subset
 from orchestration.profile import Profile
@@ -36,7 +36,7 @@ def build(profile: Profile) -> list:
         kinds={"python", "parquet"},
         owners=OWNERS[GROUP],
         code_version=code_version(profile, "1", "seed", "scaling"),
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=on_changed_inputs(),
         description="The first N clips of the pool in a seeded hash order: nested across sizes "
         "(small ⊂ medium ⊂ full), identical on any machine for the same seed and pool.",
     )
