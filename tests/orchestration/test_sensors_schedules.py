@@ -193,9 +193,12 @@ def test_automation_leaves_the_shards_to_the_shard_sensor_and_merges_the_pool_af
     result = dg.evaluate_automation_conditions(definitions, dagster_instance, selection, cursor=result.cursor)
     assert all(result.get_num_requested(key) == 0 for key in STAGE_KEYS.values())  # eager asked for both
 
-    for name in names:  # the shard sensor's runs
-        for key in STAGE_KEYS.values():
-            dagster_instance.report_runless_asset_event(dg.AssetMaterialization(key, partition=name))
+    for name in names:  # the shard sensor's runs: each output with its data version, its blocking check passed
+        for stage, key in STAGE_KEYS.items():
+            dagster_instance.report_runless_asset_event(
+                dg.AssetMaterialization(key, partition=name, tags={"dagster/data_version": f"{key.path[-1]}-{name}"}))
+            dagster_instance.report_runless_asset_event(
+                dg.AssetCheckEvaluation(asset_key=key, check_name=f"stage{stage}_schema", passed=True, partition=name))
     result = dg.evaluate_automation_conditions(definitions, dagster_instance, selection, cursor=result.cursor)
     assert result.get_num_requested(POOL) == 1 and all(result.get_num_requested(key) == 0 for key in STAGE_KEYS.values())
 
