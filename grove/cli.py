@@ -1,7 +1,8 @@
-"""`grove train` and `grove infer`: thin commands over grove.train.train and grove.infer.
+"""`grove train`, `grove infer` and `grove convert-checkpoint`: thin commands over grove.train and grove.infer.
 
 Runnable on its own too (`python -m grove.cli train ...`), which is what `torchrun` launches for a
-distributed run; `grove train --nproc N` does that launch itself.
+distributed run; `grove train --nproc N` does that launch itself (with `--multinode`, as this node
+of a Slurm / Kubernetes / GROVE_* multi-node job: grove.distributed).
 """
 
 from __future__ import annotations
@@ -26,13 +27,37 @@ def _echo_metrics(step: int, metrics: dict[str, float]) -> None:
         typer.echo(f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
 
 
-def _relaunch_with_torchrun(nproc: int) -> int:
-    """Run this same `train` command as `nproc` torchrun ranks (without --nproc)."""
+def _relaunch_with_torchrun(nproc: int, multinode: bool) -> int:
+    """Run this same `train` command as `nproc` torchrun ranks (without --nproc / --multinode)."""
+    from grove.distributed import RendezvousError, rendezvous_from_env, torchrun_command
+
     args = sys.argv[sys.argv.index("train") :]
-    cleaned = [a for i, a in enumerate(args) if a != "--nproc" and not a.startswith("--nproc=") and args[i - 1] != "--nproc"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "grove.cli", *cleaned]
+    cleaned = [a for i, a in enumerate(args)
+               if a not in ("--nproc", "--multinode") and not a.startswith("--nproc=") and args[i - 1] != "--nproc"]
+    try:
+        rendezvous = rendezvous_from_env() if multinode else None
+    except RendezvousError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--multinode") from exc
+    if multinode and rendezvous is None:
+        raise typer.BadParameter("no multi-node job in the environment (Slurm, Kubernetes indexed Job or GROVE_NNODES/GROVE_NODE_RANK)",
+                                 param_hint="--multinode")
+    command = torchrun_command(sys.executable, "grove.cli", cleaned, nproc, rendezvous)
     logger.info("launching %s", " ".join(command))
     return subprocess.call(command)
+
+
+def _overrides(items: list[str]) -> dict[str, object]:
+    """`--override KEY=VALUE` items as TrainConfig.model_overrides (VALUE parsed as JSON when it is JSON)."""
+    values: dict[str, object] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r}: not KEY=VALUE", param_hint="--override")
+        try:
+            values[key] = json.loads(text)
+        except json.JSONDecodeError:
+            values[key] = text
+    return values
 
 
 @app.command("train")
@@ -40,6 +65,7 @@ def train_command(
     train: str = typer.Option(..., "--train", help="Training data: a dataset folder, or a clip table (clips.parquet)."),
     out: Path = typer.Option(..., "--out", help="Output folder: checkpoints, best model, metrics. An existing run there resumes."),
     config: str = typer.Option("tiny", "--config", help="Model profile: tiny | paper."),
+    overrides: list[str] = typer.Option([], "--override", help="A model config field of the profile, KEY=VALUE (VALUE read as JSON, else text); repeatable, e.g. --override freezing=paper."),
     val: Optional[str] = typer.Option(None, "--val", help="Validation data (default: the --val-split of --train, when it has one)."),
     train_split: str = typer.Option("train", "--train-split", help="Split of --train to train on ('all' for every split; 'pool' for the pre-training pool)."),
     val_split: str = typer.Option("val", "--val-split", help="Split used for validation."),
@@ -61,25 +87,53 @@ def train_command(
     skip_bad_clips: bool = typer.Option(False, "--skip-bad-clips", help="Drop clips whose caption and phrases do not fit."),
     no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if --out holds a checkpoint."),
     nproc: int = typer.Option(1, "--nproc", help="Processes on this machine (DDP through torchrun)."),
+    multinode: bool = typer.Option(False, "--multinode", help="This is one node of a multi-node job: rendezvous with the others (grove.distributed)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per process (default 1; see grove.train.cpu_threads)."),
+    strategy: str = typer.Option("ddp", "--strategy", help="ddp (replicas) | fsdp (sharded weights, optimiser state and checkpoints)."),
+    save_minutes: float = typer.Option(30.0, "--save-minutes", help="Also checkpoint when this many minutes passed since the last one (0: off)."),
+    keep_last: int = typer.Option(2, "--keep-last", help="Step checkpoints kept."),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on a GPU only)."),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing",
+                                                          help="Recompute layer activations in backward (default: on a GPU only)."),
 ) -> None:
     """Pre-train or fine-tune GROVE; prints where the best and last checkpoints are."""
-    if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        raise typer.Exit(_relaunch_with_torchrun(nproc))
+    if strategy not in ("ddp", "fsdp"):
+        raise typer.BadParameter(f"{strategy!r}: not ddp or fsdp", param_hint="--strategy")
+    if (nproc > 1 or multinode) and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(_relaunch_with_torchrun(nproc, multinode))
     from grove.train import TrainConfig, train as run_training
 
     result = run_training(
         TrainConfig(
-            train_data=train, out_dir=str(out), model=config, val_data=val, train_split=train_split,
+            train_data=train, out_dir=str(out), model=config, model_overrides=_overrides(overrides), val_data=val, train_split=train_split,
             val_split=val_split, init=init, max_steps=max_steps, epochs=epochs, batch_size=batch_size,
             micro_batch_size=micro_batch_size, lr=lr, warmup_steps=warmup_steps, seed=seed, num_workers=workers,
             log_every=log_every, eval_every=eval_every, save_every=save_every, device=device, train_boxes=boxes,
             video_root=videos, skip_bad_clips=skip_bad_clips, resume=not no_resume, cpu_threads=threads,
+            strategy=strategy, save_minutes=save_minutes, keep_last=keep_last, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
         ),
         callback=_echo_metrics,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(json.dumps(result.to_dict(), indent=2))
+
+
+@app.command("convert-checkpoint")
+def convert_checkpoint_command(
+    checkpoint: Path = typer.Argument(..., help="A sharded step checkpoint (an fsdp run's checkpoints/step_N), or a training folder (its last)."),
+    out: Path = typer.Option(..., "--out", help="Folder of the single-file checkpoint (model.safetensors, config.json, state.json, provenance.json)."),
+) -> None:
+    """A sharded (torch distributed) training checkpoint as the project's single-file format; no GPU or process group needed."""
+    from grove.checkpoint import is_sharded
+    from grove.train import convert_sharded_checkpoint, latest_checkpoint
+
+    folder = checkpoint
+    if not is_sharded(folder):
+        folder = latest_checkpoint(checkpoint) or checkpoint
+    if not is_sharded(folder):
+        raise typer.BadParameter(f"{checkpoint}: not a sharded checkpoint nor a training folder whose last checkpoint is one",
+                                 param_hint="CHECKPOINT")
+    typer.echo(f"{folder} -> {convert_sharded_checkpoint(folder, out)}")
 
 
 @app.command("infer")

@@ -3,8 +3,12 @@
 The recipe is the paper's (grove_spec 2.3): AdamW (0.9, 0.95) without weight decay, linear warm-up
 then linear decay to zero, gradient clipping at 1.0, one clip per forward pass, the global batch
 made of ranks × accumulation. On a GPU: bf16 autocast, gradient checkpointing, flash-attention when
-installed. Distributed runs come from `torchrun` (NCCL on GPUs, gloo on CPUs); one process with
-accumulation k computes the same gradient as k ranks.
+installed (both also run on a CPU when asked). Distributed runs come from `torchrun` (NCCL on GPUs,
+gloo on CPUs), on one node or several (grove.distributed); one process with accumulation k computes
+the same gradient as k ranks. `strategy: ddp` replicates the model on every rank; `strategy: fsdp`
+shards weights, gradients and optimiser state over the ranks (FSDP2, grove.distributed.shard_model)
+and writes sharded step checkpoints (grove.checkpoint; `grove convert-checkpoint` makes one a
+single file; the last step's and the best are written whole as well).
 
 Output folder:
 ```
@@ -12,8 +16,10 @@ OUT/
   train_config.json        the TrainConfig of the run (read it back with `read_train_config`)
   metrics.jsonl            one JSON object per logged step / validation: losses, lr, gradient norm
   checkpoints/step_NNNNNNNN/  model.safetensors + config.json + trainer_state.pt + rng_rank{r}.pt + state.json
-                              + provenance.json
+                              + provenance.json (fsdp: sharded/ instead of model.safetensors, which only
+                              the last step has, and the optimiser state is in sharded/)
   checkpoints/last.json    which step folder is the newest complete checkpoint
+  checkpoints/fingerprint.json  what the run is (grove.resume): parameters, data and code versions
   best/                    model.safetensors + config.json + state.json + provenance.json of the lowest validation loss
   result.json              the TrainResult, without its wall-clock seconds (`read_result`)
 ```
@@ -21,9 +27,12 @@ Every file in OUT is a function of the config, the data and the code: the paths 
 train_config.json, result.json and provenance.json record are relative to OUT (grove.io.portable_path),
 and speeds and durations go to the callback (MLflow, Dagster), never into OUT. So two runs of the
 same config on the same machine give a byte-identical OUT, wherever OUT and the data lie.
-A run started on an OUT that holds a checkpoint resumes from it: weights, optimiser, scheduler,
-RNG states and step, so the loss curve continues as if never stopped. `trainer_state.pt` holds only
-tensors and containers and is read with `torch.load(weights_only=True)`.
+A run started on an OUT that holds a checkpoint of the same fingerprint resumes from it: weights,
+optimiser, scheduler, RNG states and step, so the loss curve and the weights continue bit for bit
+as if never stopped (and a finished run returns its result); another fingerprint starts fresh,
+says which fields changed, and moves the previous run aside (grove.resume). Checkpoints come every
+`save_every` steps or `save_minutes` minutes, whichever first, the last `keep_last` kept.
+`trainer_state.pt` holds only tensors and containers and is read with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -54,10 +64,23 @@ from grove.data.loader import (
     make_loader,
     resolve_dataset,
 )
+from grove.checkpoint import SHARDED_DIR, full_trainable_weights, is_sharded, load_sharded, read_sharded_weights, save_sharded
 from grove.data.synthetic import rendered_video_folders
+from grove.distributed import full_value, gradient_sync, shard_model
 from grove.io import atomic_write_json, atomic_write_text, portable_path, resolve_recorded
 from grove.model import GroveConfig, GroveModel, batch_to, tag_answer
 from grove.model.store import is_full_checkpoint
+from grove.resume import (
+    FINGERPRINT_FILE,
+    SavePolicy,
+    changed_fields,
+    digest,
+    read_fingerprint,
+    records_version,
+    run_fingerprint,
+    supersede,
+    weights_version,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +142,8 @@ class TrainConfig:
     video_root: str | None = None
     skip_bad_clips: bool = False
     cpu_threads: int | None = None  # CPU only; None: 1 (see cpu_threads)
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # fsdp: sharded weights, gradients, optimiser state and checkpoints
+    save_minutes: float = 30.0  # also checkpoint when this long has passed since the last one; 0: off
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -148,10 +173,11 @@ def read_train_config(out_dir: str | Path) -> TrainConfig:
 
 
 def read_result(out_dir: str | Path) -> TrainResult:
-    """The TrainResult a run wrote to OUT/result.json (paths resolved against OUT; `seconds` is not kept: nan)."""
+    """The TrainResult a run wrote to OUT/result.json (paths resolved against OUT), as a re-run of the
+    finished run sees it: resumed at its last step, no clips seen; `seconds` is not kept: nan."""
     out_dir = Path(out_dir)
     values = _resolved(json.loads((out_dir / "result.json").read_text()), RESULT_PATHS, out_dir)
-    return TrainResult(**{"seconds": float("nan"), **values})
+    return TrainResult(**{"seconds": float("nan"), "resumed_from_step": values["steps"], "clips_seen": 0, **values})
 
 
 @dataclass
@@ -170,9 +196,14 @@ class TrainResult:
         return dataclasses.asdict(self)
 
     def to_portable_dict(self) -> dict[str, Any]:
-        """What result.json holds: paths relative to `out_dir`, and no wall-clock `seconds`."""
-        values = {k: v for k, v in self.to_dict().items() if k != "seconds"}
+        """What result.json holds: paths relative to `out_dir`, and nothing about this one invocation
+        (wall-clock `seconds`, where it resumed, how many clips it saw), so a run killed and resumed
+        leaves the same file as an uninterrupted one."""
+        values = {k: v for k, v in self.to_dict().items() if k not in INVOCATION_FIELDS}
         return _portable(values, RESULT_PATHS, self.out_dir)
+
+
+INVOCATION_FIELDS = ("seconds", "resumed_from_step", "clips_seen")
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -183,6 +214,7 @@ class DistEnv:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    own_group: bool = False  # a one-rank group that `train` made (FSDP needs one) and closes
 
     @property
     def is_main(self) -> bool:
@@ -193,14 +225,18 @@ class DistEnv:
         return self.world_size > 1
 
 
-def init_distributed(device: torch.device) -> DistEnv:
-    """Join the process group that `torchrun` describes in the environment (if any)."""
+def init_distributed(device: torch.device, strategy: str = "ddp") -> DistEnv:
+    """Join the process group that `torchrun` describes in the environment (if any). FSDP needs a
+    group even for one process: a one-rank group on an in-memory store, which `train` closes."""
+    backend = "nccl" if device.type == "cuda" else "gloo"
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return DistEnv()
+        if strategy != "fsdp" or torch.distributed.is_initialized():
+            return DistEnv()
+        torch.distributed.init_process_group(backend=backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
+        return DistEnv(own_group=True)
     env = DistEnv(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
     if not torch.distributed.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend=backend)
     return env
 
@@ -211,7 +247,7 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)  # before NCCL init: one GPU per rank
         return torch.device("cuda", local_rank)
-    logger.info("no GPU found: training on the CPU (fp32, no gradient checkpointing)")
+    logger.info("no GPU found: training on the CPU")
     return torch.device("cpu")
 
 
@@ -247,10 +283,10 @@ def attention_implementation(device: torch.device) -> str | None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder (holds model.safetensors, or the index of a full-weights checkpoint), or a
-    training output folder (its best, else last)."""
+    """A checkpoint folder (holds model.safetensors, a sharded checkpoint, or the index of a full-weights
+    checkpoint), or a training output folder (its best, else last)."""
     path = Path(path)
-    if (path / MODEL_FILE).exists() or is_full_checkpoint(path):
+    if (path / MODEL_FILE).exists() or is_full_checkpoint(path) or is_sharded(path):
         return path
     if (path / "best" / MODEL_FILE).exists():
         return path / "best"
@@ -268,8 +304,8 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
         folder = pointer.parent / json.loads(pointer.read_text())["path"]
     except (json.JSONDecodeError, KeyError) as exc:
         raise ValueError(f"{pointer}: unreadable checkpoint pointer: {exc}") from exc
-    if not (folder / MODEL_FILE).exists():
-        raise FileNotFoundError(f"{pointer}: points to {folder}, which has no {MODEL_FILE}")
+    if not ((folder / MODEL_FILE).exists() or is_sharded(folder)):
+        raise FileNotFoundError(f"{pointer}: points to {folder}, which has no {MODEL_FILE} nor a sharded checkpoint")
     return folder
 
 
@@ -278,9 +314,18 @@ def save_model(
 ) -> None:
     """The trainable weights (frozen ones are rebuilt from the config: `base_weights`, sources or
     `init_seed`), and where they came from (`provenance.json`, with the step)."""
+    save_weights(folder, model.trainable_state_dict())
+    save_model_files(folder, config, state, provenance)
+
+
+def save_weights(folder: Path, weights: dict[str, torch.Tensor]) -> None:
     # safetensors refuses shared storage; cloning also detaches the tensors from training
-    weights = {name: t.detach().to("cpu").contiguous().clone() for name, t in model.trainable_state_dict().items()}
+    weights = {name: t.detach().to("cpu").contiguous().clone() for name, t in weights.items()}
     save_file(weights, str(folder / MODEL_FILE), metadata={"format": "pt"})
+
+
+def save_model_files(folder: Path, config: GroveConfig, state: dict[str, Any], provenance: dict[str, Any] | None = None) -> None:
+    """A checkpoint's small files: config.json, state.json and provenance.json."""
     atomic_write_text(folder / CONFIG_FILE, _portable_model_config(config, folder).to_json() + "\n")
     atomic_write_json(folder / STATE_FILE, state)
     if provenance is not None:
@@ -388,9 +433,36 @@ def load_weights(model: GroveModel, folder: Path, strict: bool = True) -> list[s
     if not path.exists() and is_full_checkpoint(folder):
         return []
     try:
-        return model.load_trainable_state_dict(load_file(str(path)), strict=strict)
+        weights = read_sharded_weights(folder) if not path.exists() and is_sharded(folder) else load_file(str(path))
+        return model.load_trainable_state_dict(weights, strict=strict)
     except (KeyError, ValueError, OSError) as exc:
         raise ValueError(f"{path}: {exc}") from exc
+
+
+def convert_sharded_checkpoint(folder: str | Path, out: str | Path) -> Path:
+    """A sharded step checkpoint (`strategy: fsdp`) as a single-file one in `out`: model.safetensors
+    (the trainable weights, whole) and the step's config.json, state.json and provenance.json, written
+    to a temporary folder renamed into place (a killed conversion leaves nothing that looks finished).
+    Needs no process group: any machine that holds the trainable weights converts."""
+    folder, out = Path(folder), Path(out)
+    if not is_sharded(folder):
+        raise FileNotFoundError(f"{folder}: not a sharded checkpoint (no {SHARDED_DIR}/.metadata)")
+    config_file = folder / CONFIG_FILE
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file}: missing; a checkpoint needs its model config")
+    weights = read_sharded_weights(folder)
+    state = json.loads((folder / STATE_FILE).read_text()) if (folder / STATE_FILE).is_file() else {}
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_weights(tmp, weights)
+    # the provenance as the step wrote it: its paths stay relative to the training folder
+    save_model_files(tmp, GroveConfig.from_json_file(config_file), state, read_provenance(folder))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    logger.info("%s: %d trainable weights -> %s", folder, len(weights), out / MODEL_FILE)
+    return out
 
 
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> GroveModel:
@@ -424,16 +496,26 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 class Checkpointer:
     """Writes step checkpoints (atomically: a temporary folder renamed into place), the `last`
-    pointer, and the best model; reads them back for resuming."""
+    pointer, and the best model; reads them back for resuming.
 
-    def __init__(self, out_dir: Path, dist: DistEnv, keep_last: int, provenance: dict[str, Any] | None = None) -> None:
+    `sharded` (FSDP): every rank writes its shards of the trainable weights and optimiser state
+    (grove.checkpoint); a step saved with `whole=True` (the last) and the best model also get
+    model.safetensors, gathered on rank 0. Every method is then a collective: all ranks call it.
+    """
+
+    def __init__(
+        self, out_dir: Path, dist: DistEnv, keep_last: int, provenance: dict[str, Any] | None = None, sharded: bool = False
+    ) -> None:
         self.root = out_dir / "checkpoints"
         self.best = out_dir / "best"
         self.dist = dist
         self.keep_last = keep_last
         self.provenance = provenance
+        self.sharded = sharded
 
-    def save(self, step: int, model: GroveModel, config: GroveConfig, optimizer, scheduler, state: dict) -> Path:
+    def save(
+        self, step: int, model: GroveModel, config: GroveConfig, optimizer, scheduler, state: dict, whole: bool = False
+    ) -> Path:
         name = f"step_{step:08d}"
         final = self.root / name
         tmp = self.root / f".tmp-{name}"
@@ -442,10 +524,20 @@ class Checkpointer:
             tmp.mkdir(parents=True)
         _barrier(self.dist)
         torch.save(rng_state(), tmp / f"rng_rank{self.dist.rank}.pt")
+        weights = None
+        if self.sharded:
+            save_sharded(tmp, model, optimizer)
+            weights = full_trainable_weights(model, gather=True) if whole else None
         _barrier(self.dist)
         if self.dist.is_main:
-            save_model(tmp, model, config, state, self.provenance)
-            trainer = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+            if self.sharded:
+                if weights is not None:
+                    save_weights(tmp, weights)
+                save_model_files(tmp, config, state, self.provenance)
+                trainer = {"step": step, "scheduler": scheduler.state_dict()}  # the optimiser is in the shards
+            else:
+                save_model(tmp, model, config, state, self.provenance)
+                trainer = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
             torch.save(trainer, tmp / TRAINER_FILE)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -460,12 +552,17 @@ class Checkpointer:
             shutil.rmtree(old, ignore_errors=True)
 
     def save_best(self, model: GroveModel, config: GroveConfig, state: dict) -> None:
+        weights = full_trainable_weights(model, gather=True) if self.sharded else None
         if not self.dist.is_main:
             return
         tmp = self.best.with_name(".tmp-best")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_model(tmp, model, config, state, self.provenance)
+        if weights is None:
+            save_model(tmp, model, config, state, self.provenance)
+        else:
+            save_weights(tmp, weights)
+            save_model_files(tmp, config, state, self.provenance)
         old = self.best.with_name(".old-best")
         shutil.rmtree(old, ignore_errors=True)
         if self.best.exists():
@@ -474,15 +571,33 @@ class Checkpointer:
         shutil.rmtree(old, ignore_errors=True)
 
     def restore(self, folder: Path, model: GroveModel, optimizer, scheduler) -> int:
-        load_weights(model, folder)
-        trainer = torch.load(folder / TRAINER_FILE, map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(trainer["optimizer"])
+        trainer = _interned_keys(torch.load(folder / TRAINER_FILE, map_location="cpu", weights_only=True))
+        if self.sharded != ("optimizer" not in trainer):
+            kind = "sharded (fsdp)" if "optimizer" not in trainer else "single-file (ddp)"
+            raise ValueError(f"{folder}: a {kind} checkpoint cannot resume a run of the other strategy")
+        if self.sharded:
+            load_sharded(folder, model, optimizer)
+        else:
+            load_weights(model, folder)
+            optimizer.load_state_dict(trainer["optimizer"])
         scheduler.load_state_dict(trainer["scheduler"])
         rng_file = folder / f"rng_rank{self.dist.rank}.pt"
         if not rng_file.exists():
             raise FileNotFoundError(f"{rng_file}: missing (was the run resumed with a different number of ranks?)")
         set_rng_state(torch.load(rng_file, weights_only=True))
         return int(trainer["step"])
+
+
+def _interned_keys(value: Any) -> Any:
+    """`value` with every string dict key interned. The optimiser keeps the keys of the state it loads
+    ('step', 'exp_avg'); a fresh one uses its code's interned literals, and pickle writes a string
+    once per object, not per value: interning makes a resumed run's trainer_state.pt byte-identical
+    to an uninterrupted run's."""
+    if isinstance(value, dict):
+        return {sys.intern(k) if isinstance(k, str) else k: _interned_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interned_keys(v) for v in value]
+    return value
 
 
 def _barrier(dist: DistEnv) -> None:
@@ -594,33 +709,40 @@ class Progress:
         )
 
 
-def _mean_across_ranks(values: dict[str, float], count: float, dist: DistEnv) -> dict[str, float]:
+def _mean_across_ranks(values: dict[str, float], count: float, dist: DistEnv, device: torch.device | None = None) -> dict[str, float]:
     """Sum (value × count) and count over ranks, return the means."""
     names = sorted(values)
     packed = torch.tensor([values[n] * count for n in names] + [count], dtype=torch.float64)
     if dist.enabled:
+        packed = packed.to(device if device is not None and device.type == "cuda" else "cpu")  # NCCL reduces GPU tensors only
         torch.distributed.all_reduce(packed)
+        packed = packed.cpu()
     total = max(packed[-1].item(), 1e-12)
     return {n: packed[i].item() / total for i, n in enumerate(names)}
 
 
 @torch.no_grad()
-def validate(model: GroveModel, loader: torch.utils.data.DataLoader, device: torch.device, autocast, dist: DistEnv) -> dict[str, float]:
-    """Mean losses over the validation clips (segment-centre frames), gathered over ranks."""
+def validate(
+    model: GroveModel, loader: torch.utils.data.DataLoader, device: torch.device, autocast, dist: DistEnv, real: int | None = None
+) -> dict[str, float]:
+    """Mean losses over the validation clips (segment-centre frames), gathered over ranks. `real`: only
+    the first `real` batches count; the others pad the ranks to the same number of forward passes
+    (a sharded model's forward is a collective)."""
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
     clips = 0
-    for batch in loader:
+    for index, batch in enumerate(loader):
         batch = batch_to(batch, device)
         with autocast():
             output = model(batch)
-        size = _batch_size(batch)
+        padding = real is not None and index >= real
+        size = 0 if padding else _batch_size(batch)  # a padding batch names the losses (every rank reduces the same ones)
         for name, value in _losses(output).items():
-            sums[name] = sums.get(name, 0.0) + float(value) * size
+            sums[name] = sums.get(name, 0.0) + (float(value) * size if size else 0.0)
         clips += size
     model.train(was_training)
-    means = _mean_across_ranks({k: v / max(clips, 1) for k, v in sums.items()}, clips, dist)
+    means = _mean_across_ranks({k: v / max(clips, 1) for k, v in sums.items()}, clips, dist, device)
     means["grounding"] = sum(means.get(term, 0.0) for term in GROUNDING_TERMS)
     return {f"val/{k}": v for k, v in means.items()}
 
@@ -668,29 +790,49 @@ def _plan(config: TrainConfig, dist: DistEnv) -> _Data:
     return _Data(train_records, val_records, steps_per_epoch, total_steps, eval_every, config.save_every or eval_every, datasets)
 
 
+def even_shard(items: list, rank: int, world_size: int) -> tuple[list, int]:
+    """Rank `rank`'s share of `items` (every world_size-th), padded by wrapping around to the length
+    of the longest share; and how many of its entries are its own (the rest only pad)."""
+    if not items:
+        return [], 0
+    per_rank = math.ceil(len(items) / world_size)
+    indices = [rank + world_size * i for i in range(per_rank)]
+    return [items[i % len(items)] for i in indices], sum(i < len(items) for i in indices)
+
+
 def _loaders(config: TrainConfig, data: _Data, processor: Any, start_step: int, dist: DistEnv):
+    """The training and validation loaders, the accumulation steps, and the validation batches that count
+    (None: all). Several ranks validate clip by clip, each as many clips as the busiest (a repeated
+    clip pads, uncounted): a sharded model's forward is a collective, and a rank without clips would
+    not know which losses the others reduce."""
     sampler = StepBatchSampler(
         len(data.train), config.batch_size, config.micro_batch_size, data.total_steps, start_step,
         dist.world_size, dist.rank, config.seed,
     )
     cache_bytes = config.cache_mb << 20
     train_set = GroveClipDataset(data.train, processor, config.seed, config.video_backend, cache_bytes)
-    val_set = GroveClipDataset(data.val[dist.rank :: dist.world_size], processor, config.seed, config.video_backend, cache_bytes)
+    if dist.world_size > 1:
+        val_records, val_real = even_shard(data.val, dist.rank, dist.world_size)
+        val_batch = 1
+    else:
+        val_records, val_real, val_batch = data.val, None, config.micro_batch_size
+    val_set = GroveClipDataset(val_records, processor, config.seed, config.video_backend, cache_bytes)
     return (
         make_loader(train_set, sampler, processor.collate, config.num_workers),
-        make_loader(val_set, None, processor.collate, min(config.num_workers, 1), config.micro_batch_size),
+        make_loader(val_set, None, processor.collate, min(config.num_workers, 1), val_batch),
         sampler.accumulation,
+        val_real,
     )
 
 
-def _train_step(ddp_model, micro, accumulation: int, device, autocast, dist: DistEnv) -> dict[str, float]:
+def _train_step(model, micro, accumulation: int, device, autocast, dist: DistEnv) -> dict[str, float]:
     """Forward and backward over the step's micro-batches (gradients synchronised on the last)."""
     sums: dict[str, float] = {}
     for m in range(accumulation):
         batch = batch_to(next(micro), device)
         sync = m == accumulation - 1 or not dist.enabled
-        with (nullcontext() if sync else ddp_model.no_sync()), autocast():
-            losses = _losses(ddp_model(batch))
+        with gradient_sync(model, sync), autocast():
+            losses = _losses(model(batch))
         (losses["loss"] / accumulation).backward()
         for name, value in losses.items():
             sums[name] = sums.get(name, 0.0) + float(value.detach()) / accumulation
@@ -701,11 +843,23 @@ def train(config: TrainConfig, callback: MetricsCallback | None = None) -> Train
     """Train (or fine-tune, with `config.init`) and return where the checkpoints are."""
     started = time.perf_counter()
     device = pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
-    dist = init_distributed(device)
+    dist = init_distributed(device, config.strategy)
+    try:
+        return _train(config, callback, device, dist, started)
+    finally:
+        if dist.own_group:
+            torch.distributed.destroy_process_group()
+
+
+def _train(config: TrainConfig, callback: MetricsCallback | None, device: torch.device, dist: DistEnv, started: float) -> TrainResult:
     out_dir = Path(config.out_dir)
     data = _plan(config, dist)
+    model_config = _model_config(config)
+    resume_from = _prepare_output(config, model_config, data, dist)
+    if resume_from is not None and _finished(out_dir, resume_from, data.total_steps):
+        logger.info("%s: this run already finished (%d steps, same fingerprint): nothing to train", out_dir, data.total_steps)
+        return dataclasses.replace(read_result(out_dir), seconds=time.perf_counter() - started)
     if dist.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out_dir / "train_config.json", config.to_portable_dict())
     seed_everything(config.seed)
     if device.type == "cpu":
@@ -714,49 +868,48 @@ def train(config: TrainConfig, callback: MetricsCallback | None = None) -> Train
     use_cuda = device.type == "cuda"
     bf16 = use_cuda if config.bf16 is None else config.bf16
     checkpointing = use_cuda if config.gradient_checkpointing is None else config.gradient_checkpointing
-    model_config = _model_config(config)
+    sharded = config.strategy == "fsdp"
     model = build_model(model_config, device, checkpointing)
     if config.init is not None:
         missing = load_weights(model, resolve_checkpoint(config.init), strict=False)
         logger.info("initialised from %s%s", resolve_checkpoint(config.init), f" ({len(missing)} trainable weights not in it)" if missing else "")
+    if sharded:  # before the optimiser: sharding replaces the parameters by their shards
+        shard_model(model, device)
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config.warmup_steps, data.total_steps))
-    checkpointer = Checkpointer(out_dir, dist, config.keep_last, training_provenance(config, model_config, data.datasets))
+    checkpointer = Checkpointer(out_dir, dist, config.keep_last, training_provenance(config, model_config, data.datasets), sharded)
     metrics_path = out_dir / "metrics.jsonl"
     start_step = 0
-    resume_from = latest_checkpoint(out_dir) if config.resume else None
     if resume_from is not None:
         start_step = checkpointer.restore(resume_from, model, optimizer, scheduler)
         if dist.is_main:
             _truncate_metrics(metrics_path, start_step)
         logger.info("resumed from %s (step %d)", resume_from, start_step)
-    elif dist.is_main:  # a fresh start: a previous run's files there would be mistaken for this run's
-        for stale in (checkpointer.root, checkpointer.best):
-            shutil.rmtree(stale, ignore_errors=True)
-        metrics_path.unlink(missing_ok=True)
     _barrier(dist)
     best_val = _best_so_far(out_dir, config.best_by) if resume_from is not None else None
 
     ddp_model: torch.nn.Module = model
-    if dist.enabled:
+    if dist.enabled and not sharded:
         # the box decoder sits idle on a micro-batch without phrases, hence find_unused_parameters
+        # (safe with gradient checkpointing because it is non-reentrant: GroveModel.enable_gradient_checkpointing)
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if use_cuda else None, find_unused_parameters=True
         )
 
     def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and use_cuda else nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
-    train_loader, val_loader, accumulation = _loaders(config, data, model.processor, start_step, dist)
+    train_loader, val_loader, accumulation, val_real = _loaders(config, data, model.processor, start_step, dist)
     progress = Progress(data.total_steps, start_step, config.batch_size)
     if dist.is_main:
         logger.info(
-            "training %d steps (%d clips, %d steps/epoch, global batch %d = %d ranks × %d accumulation × %d), %d val clips, %s, %d threads",
+            "training %d steps (%d clips, %d steps/epoch, global batch %d = %d ranks × %d accumulation × %d), %d val clips, %s, %s, %d threads",
             data.total_steps, len(data.train), data.steps_per_epoch, config.batch_size, dist.world_size, accumulation,
-            config.micro_batch_size, len(data.val), device, torch.get_num_threads(),
+            config.micro_batch_size, len(data.val), device, config.strategy, torch.get_num_threads(),
         )
+    policy = SavePolicy(data.save_every, config.save_minutes * 60.0, data.total_steps)
     model.train()
     micro = iter(train_loader)
     last_train_loss: float | None = None
@@ -770,16 +923,16 @@ def train(config: TrainConfig, callback: MetricsCallback | None = None) -> Train
         optimizer.zero_grad(set_to_none=True)
         step = done
         if done % config.log_every == 0 or done == data.total_steps:
-            metrics = {f"train/{k}": v for k, v in _mean_across_ranks(sums, 1.0, dist).items()}
+            metrics = {f"train/{k}": v for k, v in _mean_across_ranks(sums, 1.0, dist, device).items()}
             steps_per_s, clips_per_s = progress.rates(done)
-            metrics.update({"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm),
+            metrics.update({"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(full_value(grad_norm)),
                             "perf/steps_per_s": steps_per_s, "perf/clips_per_s": clips_per_s})
             last_train_loss = metrics["train/loss"]
             _report(done, metrics, callback, metrics_path, dist)
             if dist.is_main:
                 logger.info(progress.line(done, metrics))
         if data.val and (done % data.eval_every == 0 or done == data.total_steps):
-            val = validate(model, val_loader, device, autocast, dist)
+            val = validate(model, val_loader, device, autocast, dist, val_real)
             _report(done, val, callback, metrics_path, dist)
             current = val["val/grounding"] if config.best_by == "grounding" else val["val/loss"]
             if best_val is None or current < best_val:
@@ -787,11 +940,13 @@ def train(config: TrainConfig, callback: MetricsCallback | None = None) -> Train
                 checkpointer.save_best(model, model_config, {"step": done, "best_by": config.best_by, **val})
             if dist.is_main:
                 logger.info("step %d validation: %s", done, " ".join(f"{k} {v:.4f}" for k, v in val.items()))
-        if done % data.save_every == 0 or done == data.total_steps:
-            last_checkpoint = checkpointer.save(done, model, model_config, optimizer, scheduler, {"step": done})
+        if _save_due(policy, done, dist, device):
+            last_checkpoint = checkpointer.save(done, model, model_config, optimizer, scheduler, {"step": done},
+                                                whole=done == data.total_steps)
+            policy.saved()
 
     if last_checkpoint is None:  # zero steps (e.g. --max-steps 0 to export an --init model)
-        last_checkpoint = checkpointer.save(step, model, model_config, optimizer, scheduler, {"step": step})
+        last_checkpoint = checkpointer.save(step, model, model_config, optimizer, scheduler, {"step": step}, whole=True)
     result = TrainResult(
         out_dir=str(out_dir),
         steps=step,
@@ -807,6 +962,93 @@ def train(config: TrainConfig, callback: MetricsCallback | None = None) -> Train
         atomic_write_json(out_dir / "result.json", result.to_portable_dict())
     _barrier(dist)
     return result
+
+
+def _save_due(policy: SavePolicy, step: int, dist: DistEnv, device: torch.device) -> bool:
+    """Whether to checkpoint after `step`: rank 0's verdict, shared when it depends on its clock."""
+    due = policy.due(step)
+    if dist.enabled and policy.every_seconds:
+        flag = torch.tensor([float(due)], device=device if device.type == "cuda" else "cpu")
+        torch.distributed.broadcast(flag, src=0)
+        due = bool(flag.item())
+    return due
+
+
+# What a run writes in its output folder (moved aside together when a new configuration starts fresh).
+RUN_FILES = ("checkpoints", "best", "metrics.jsonl", "result.json", "train_config.json")
+
+
+def _fingerprint(config: TrainConfig, model_config: GroveConfig, data: _Data, dist: DistEnv) -> dict[str, Any]:
+    """grove.resume.run_fingerprint of this run: its data and starting weights by content."""
+    versions = {
+        "train": records_version(data.train, _data_root(config.train_data)),
+        "val": records_version(data.val, _data_root(config.val_data or config.train_data)),
+        "init": weights_version(resolve_checkpoint(config.init)) if config.init is not None else None,
+        "base_weights": weights_version(Path(model_config.base_weights)) if model_config.base_weights else None,
+    }
+    portable = _portable_model_config(model_config, Path(config.out_dir)).to_dict()
+    return run_fingerprint(config.to_dict(), portable, versions, dist.world_size)
+
+
+def _data_root(data: str) -> Path:
+    path = Path(data)
+    return path if path.is_dir() else path.parent
+
+
+def _prepare_output(config: TrainConfig, model_config: GroveConfig, data: _Data, dist: DistEnv) -> Path | None:
+    """The checkpoint this run continues from, or None to start fresh (rank 0 decides and tidies OUT,
+    the others are told)."""
+    choice = None
+    if dist.is_main:
+        found = _continue_or_start(Path(config.out_dir), _fingerprint(config, model_config, data, dist), config.resume)
+        choice = None if found is None else str(found)
+    if dist.enabled:
+        box = [choice]
+        torch.distributed.broadcast_object_list(box, src=0)
+        choice = box[0]
+    return None if choice is None else Path(choice)
+
+
+def _continue_or_start(out_dir: Path, fingerprint: dict[str, Any], resume: bool) -> Path | None:
+    """Same fingerprint and a checkpoint: continue from it. Otherwise start fresh: a previous run of
+    another fingerprint is moved aside (grove.resume.supersede) with the reason logged; leftovers of
+    this run that never checkpointed, or of any run when `resume` is off, are removed."""
+    root = out_dir / "checkpoints"
+    recorded = read_fingerprint(root / FINGERPRINT_FILE)
+    last = latest_checkpoint(out_dir) if resume and recorded == fingerprint else None
+    if last is not None:
+        return last
+    if not resume:
+        if root.exists():
+            logger.info("%s: resume is off: removing the previous run's checkpoints", out_dir)
+        _remove_run_files(out_dir)
+    elif recorded != fingerprint and any((out_dir / name).exists() for name in ("checkpoints", "best")):
+        why = changed_fields(recorded, fingerprint) if recorded is not None else ["no fingerprint recorded (an older trainer's run)"]
+        label = digest(recorded)[:12] if recorded is not None else "unfingerprinted"
+        kept = supersede(out_dir, RUN_FILES, label)
+        logger.warning("%s: the configuration changed (%s): starting fresh; the previous run is kept in %s",
+                       out_dir, "; ".join(why), kept)
+    else:  # a run that never checkpointed: what it left would be mistaken for this run's
+        _remove_run_files(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(root / FINGERPRINT_FILE, fingerprint)
+    return None
+
+
+def _remove_run_files(out_dir: Path) -> None:
+    for name in RUN_FILES:
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _finished(out_dir: Path, checkpoint: Path, total_steps: int) -> bool:
+    """A run whose last checkpoint is its last step and which wrote its result."""
+    if not (out_dir / "result.json").is_file():
+        return False
+    return json.loads((checkpoint / STATE_FILE).read_text()).get("step") == total_steps
 
 
 def _best_so_far(out_dir: Path, best_by: str) -> float | None:

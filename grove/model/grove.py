@@ -393,10 +393,16 @@ class GroveModel(nn.Module):
         return missing
 
     def enable_gradient_checkpointing(self) -> None:
-        """Recompute LLM / CLIP / SAM layer activations in backward (GPU memory for time)."""
-        self.llm.gradient_checkpointing_enable()
+        """Recompute LLM / CLIP / SAM layer activations in backward (GPU memory for time).
+
+        Non-reentrant (torch.utils.checkpoint's use_reentrant=False), said explicitly rather than left
+        to transformers' default: the reentrant kind re-runs the forward inside backward, so DDP with
+        find_unused_parameters=True sees a parameter marked ready twice (tests/train/test_precision.py
+        shows both); and it needs an input that requires grad, which a frozen backbone's input lacks."""
+        options = {"use_reentrant": False}
+        self.llm.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
         for module in (self.global_encoder.clip, self.grounding_encoder.vision):
-            module.gradient_checkpointing_enable()
+            module.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
