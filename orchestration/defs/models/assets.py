@@ -93,7 +93,7 @@ def build(profile: Profile) -> list:
         kinds={"pytorch", "mlflow"},
         owners=OWNERS[GROUP],
         pool="gpu",
-        code_version=code_version(profile, "1", "seed", "model.config", "model.pretrain", "model.nproc_per_node"),
+        code_version=code_version(profile, "1", "seed", "model.config", "model.pretrain", "model.nproc_per_node", stage="pretrain"),
         automation_condition=on_changed_inputs(),
         description="GROVE pre-trained on one pre-training subset (the HowToGround1M stand-in), in a "
         "torchrun subprocess through Dagster Pipes; safetensors checkpoints, the best by validation loss. "
@@ -120,7 +120,7 @@ def build(profile: Profile) -> list:
         kinds={"pytorch", "mlflow"},
         owners=OWNERS[GROUP],
         pool="gpu",
-        code_version=code_version(profile, "1", "seed", "model.config", "model.finetune", "model.nproc_per_node"),
+        code_version=code_version(profile, "1", "seed", "model.config", "model.finetune", "model.nproc_per_node", stage="finetune"),
         automation_condition=on_changed_inputs(),
         description="GROVE fine-tuned on iGround's train split (validated on val), starting from the "
         f"pre-trained model of the partition's size; partition '{FT_ONLY}' starts from the profile's "
