@@ -4,11 +4,25 @@ portable paths that outputs record instead of absolute ones."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
+
+
+# a full disk, a quota, a file-size limit, a read-only or failing disk
+_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO}
+
+
+def _errno(exc: OSError) -> int | None:
+    """The error number of an OSError; pyarrow's carry it in their message only ("[errno 28] ...")."""
+    if exc.errno is not None:
+        return exc.errno
+    found = re.search(r"\[errno (\d+)\]", str(exc), re.IGNORECASE)
+    return int(found.group(1)) if found else None
 
 
 @contextlib.contextmanager
@@ -22,6 +36,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, target)
+    except OSError as exc:
+        code = _errno(exc)
+        if code not in _FULL:
+            raise
+        # the writer's own message (pyarrow's, pickle's) does not say which output it was writing
+        raise OSError(code, f"{target}: could not be written ({os.strerror(code)}); it is left as it was") from exc
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -42,6 +62,23 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write JSON with sorted keys, so equal objects give byte-identical files."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+class UnsafePathError(ValueError):
+    """A name read from input data would lead outside the folder it names a file in."""
+
+
+def contained_path(folder: str | os.PathLike[str], name: str) -> Path:
+    """`folder / name` for a `name` read from input data (a clip key, a shard file of an index), refused
+    when it is empty, absolute or has a `..` part: such a name would reach outside `folder`.
+
+    Symlinks are not refused here: a link in a checkpoint folder (the Hugging Face cache's layout) is
+    the user's, and the atomic writers replace a link at the target instead of writing through it.
+    """
+    pure = PurePosixPath(name)
+    if not name or "\0" in name or pure.is_absolute() or Path(name).is_absolute() or ".." in pure.parts:
+        raise UnsafePathError(f"{folder}: {name!r} is not a name inside this folder (absolute, empty or with '..')")
+    return Path(folder) / name
 
 
 # Paths inside outputs. A file that an output folder holds (and DVC versions) never records an

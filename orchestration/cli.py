@@ -11,7 +11,7 @@ from grove.cli import app as model_app
 from evaluation.cli import app as eval_app
 from grove.data.cli import app as data_app
 from grove.weights.cli import app as weights_app
-from orchestration.commands import compare_command, demo_command, pipeline_app, report_command
+from orchestration.commands import compare_command, demo_command, pipeline_app, report_command, ui_command
 
 app = typer.Typer(
     name="grove",
@@ -27,6 +27,7 @@ app.add_typer(eval_app, name="eval", help="Evaluate predictions: iGround, VidSTG
 app.command("demo")(demo_command)
 app.command("compare")(compare_command)
 app.command("report")(report_command)
+app.command("ui")(ui_command)
 app.add_typer(pipeline_app, name="pipeline", help="Lineage steps of the orchestration layer, for DVC stages (iground, subset, standin, benchmark, predict-benchmark, evaluate-benchmark, curve).")
 
 

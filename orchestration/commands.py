@@ -32,6 +32,28 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+def ui_command(
+    profile: Optional[str] = PROFILE_OPTION,
+    params: Optional[Path] = PARAMS_OPTION,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address both UIs listen on (another than 127.0.0.1 exposes them, "
+                             "unauthenticated, to the network)."),
+    dagster_port: int = typer.Option(3000, "--dagster-port", help="Port of the Dagster UI."),
+    mlflow_port: int = typer.Option(5000, "--mlflow-port", help="Port of the MLflow UI."),
+    stop_timeout: float = typer.Option(10.0, "--stop-timeout", help="Seconds the servers get to stop after SIGTERM before SIGKILL."),
+) -> None:
+    """Open the Dagster UI (`dagster dev` on the profile's Dagster home) and the MLflow UI (its store) until Ctrl-C."""
+    from orchestration.profile import runs_root
+    from orchestration.ui import run_servers, ui_servers
+
+    chosen = _profile(profile, params)
+    servers = ui_servers(chosen, runs_root(chosen), host, dagster_port, mlflow_port)
+    for server in servers:
+        typer.echo(f"{server.name}: {server.url}")
+    code = run_servers(servers, stop_timeout)
+    if code:
+        raise typer.Exit(code)
+
+
 def demo_command(
     profile: str = typer.Option("demo", "--profile", help="params.yaml profile to run."),
     seeds: Optional[list[int]] = typer.Option(

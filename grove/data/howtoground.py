@@ -41,7 +41,7 @@ from grove.data.boxes import boxes_by_key
 from grove.data.frames import frame_step
 from grove.data.safe_pickle import safe_load
 from grove.data.schema import BOX_SCHEMA, CLIP_SCHEMA, SchemaError
-from grove.io import atomic_path
+from grove.io import atomic_path, contained_path
 
 logger = logging.getLogger(__name__)
 
@@ -603,7 +603,8 @@ def tables_to_records(clips: pa.Table, boxes: pa.Table) -> dict[str, dict[str, A
 def _per_clip_paths(directory: Path, keys: Iterable[str] | None) -> list[tuple[str, Path]]:
     if keys is None:
         return [(path.stem, path) for path in sorted(directory.glob("*.pkl"))]
-    paths = [(key, directory / f"{key}.pkl") for key in keys]
+    # the keys come from a key list (input data): one naming a file outside the folder is refused
+    paths = [(key, contained_path(directory, f"{key}.pkl")) for key in keys]
     missing = [str(path) for _, path in paths if not path.is_file()]
     if missing:
         raise FileNotFoundError(f"{directory}: {len(missing)} clip pickle(s) of the key list are missing, e.g. {missing[:3]}")

@@ -21,6 +21,8 @@ from typing import Any, Iterator
 import torch
 from safetensors import SafetensorError, safe_open
 
+from grove.io import UnsafePathError, contained_path
+
 logger = logging.getLogger(__name__)
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -97,7 +99,10 @@ def _checkpoint_files(path: Path) -> list[Path]:
                 weight_map = json.loads(index.read_text())["weight_map"]
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise CheckpointReadError(f"{index}: not a transformers shard index ({exc})") from exc
-            files = [path / name for name in dict.fromkeys(weight_map.values())]
+            try:  # the index is input data: a shard named outside the checkpoint folder is refused
+                files = [contained_path(path, name) for name in dict.fromkeys(weight_map.values())]
+            except (UnsafePathError, TypeError) as exc:
+                raise CheckpointReadError(f"{index}: {exc}") from exc
             missing = [f for f in files if not f.is_file()]
             if missing:
                 lost = sorted(k for k, v in weight_map.items() if path / v in missing)
