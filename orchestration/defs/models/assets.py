@@ -26,14 +26,15 @@ FINETUNED = dg.AssetKey("finetuned_model")
 TRAINING_FILES = ("train_config.json", "result.json", "metrics.jsonl")
 
 
-def train_config(context: dg.AssetExecutionContext, profile: Profile, phase: str, **fields: Any) -> dict[str, Any]:
+def train_config(profile: Profile, phase: str, **fields: Any) -> dict[str, Any]:
     """A grove.train.TrainConfig as a dict: the profile's model and `model.<phase>` settings, then `fields`.
 
-    A run resumes from the checkpoints in its folder only when it re-executes a failed run; any
-    other materialisation (new data, new parameters) trains from scratch, as DVC's stage does.
+    Every materialisation may resume: grove.train continues the run in its folder when the run's
+    fingerprint (parameters, data and code versions) is the one recorded with its checkpoints,
+    whoever started it (a retry, a new run after a crash, a backfill); new data or new parameters
+    start fresh and move the previous run aside (grove.resume).
     """
-    resume = context.run.parent_run_id is not None
-    return {"model": profile.get("model.config"), "seed": profile.seed, **dict(profile.get(f"model.{phase}")), **fields, "resume": resume}
+    return {"model": profile.get("model.config"), "seed": profile.seed, **dict(profile.get(f"model.{phase}")), **fields, "resume": True}
 
 
 GLAMM_DESCRIPTION = "the imported GLaMM checkpoint (`grove weights import --from glamm SRC --out DIR`)"
@@ -105,7 +106,7 @@ def build(profile: Profile) -> list:
         size = context.partition_key
         subset = paths.path("subsets", size)
         config = train_config(
-            context, profile, "pretrain", train_data=str(subset), out_dir=str(paths.path("pretrained", size)),
+            profile, "pretrain", train_data=str(subset), out_dir=str(paths.path("pretrained", size)),
             train_split=pool_split or "all", init=start_from(profile),
         )
         return train_through_pipes(
@@ -137,7 +138,6 @@ def build(profile: Profile) -> list:
             init = paths.path("pretrained", variant)
             inputs["pretrained"] = (PRETRAINED, variant)
         config = train_config(
-            context,
             profile,
             "finetune",
             train_data=str(benchmark),
