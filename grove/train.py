@@ -21,12 +21,14 @@ OUT/
   checkpoints/last.json    which step folder is the newest complete checkpoint
   checkpoints/fingerprint.json  what the run is (grove.resume): parameters, data and code versions
   best/                    model.safetensors + config.json + state.json + provenance.json of the lowest validation loss
-  result.json              the TrainResult, without its wall-clock seconds (`read_result`)
+  result.json              the TrainResult, without what only one invocation knows: seconds, resumed_from_step,
+                           clips_seen (`read_result`)
 ```
 Every file in OUT is a function of the config, the data and the code: the paths that
 train_config.json, result.json and provenance.json record are relative to OUT (grove.io.portable_path),
 and speeds and durations go to the callback (MLflow, Dagster), never into OUT. So two runs of the
-same config on the same machine give a byte-identical OUT, wherever OUT and the data lie.
+same config on the same machine give a byte-identical OUT, wherever OUT and the data lie (a run
+longer than `save_minutes` may keep other step folders: which steps a clock saved).
 A run started on an OUT that holds a checkpoint of the same fingerprint resumes from it: weights,
 optimiser, scheduler, RNG states and step, so the loss curve and the weights continue bit for bit
 as if never stopped (and a finished run returns its result); another fingerprint starts fresh,
@@ -127,7 +129,7 @@ class TrainConfig:
     num_workers: int = 2
     log_every: int = 10
     eval_every: int = 0  # steps between validations; 0: once per epoch and at the end
-    save_every: int = 0  # steps between checkpoints; 0: at each validation and at the end
+    save_every: int = 0  # steps between checkpoints; 0: at each validation (each epoch without one) and at the end
     keep_last: int = 2
     max_val_clips: int | None = None
     best_by: Literal["grounding", "loss"] = "grounding"
