@@ -21,7 +21,7 @@ here too.
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
@@ -37,13 +37,16 @@ from orchestration.defs.raw_videos.assets import CATALOG, pool_videos_root
 from orchestration.profile import Profile
 from orchestration.resources import PipelinePaths
 
+if TYPE_CHECKING:  # imported where used: the discovery module imports PyAV, which loading the definitions skips
+    from grove.data.discovery import FolderScan
+
 STAGES = [STAGE_KEYS[stage] for stage in (1, 2, 3)]
 
 
 RESCAN_HOURS = 24.0  # default of `orchestration.video_rescan_hours`: how often a tick is a full rescan
 
 
-def videos_cursor(previous: str | None, root: Path, rescan_s: float, now: float) -> tuple[dict[str, Any], Any]:
+def videos_cursor(previous: str | None, root: Path, rescan_s: float, now: float) -> tuple[dict[str, Any], "FolderScan"]:
     """The new-videos sensor's next cursor and the folder scan behind it.
 
     The cursor holds the folder's directory index (grove.data.discovery: one entry per directory,
