@@ -12,6 +12,7 @@ as the project's single-file format.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -99,5 +100,7 @@ def read_sharded_weights(folder: str | Path) -> dict[str, torch.Tensor]:
     }
     if not weights:
         raise ValueError(f"{path}: holds no model weights")
-    dcp.load({MODEL_KEY: weights}, checkpoint_id=str(path), no_dist=True)
+    with warnings.catch_warnings():  # DCP warns on every load without a process group, which is the point here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        dcp.load({MODEL_KEY: weights}, checkpoint_id=str(path), no_dist=True)
     return weights
