@@ -89,3 +89,24 @@ def test_a_sharded_model_validates_the_same_number_of_clips_on_every_rank():
     assert shares == [(["a", "e"], 2), (["b", "a"], 1), (["c", "b"], 1), (["d", "c"], 1)]
     assert sorted(c for share, real in shares for c in share[:real]) == clips  # each clip counted once
     assert even_shard(["a"], 1, 2) == (["a"], 0) and even_shard([], 0, 2) == ([], 0)
+
+
+def test_grove_train_multinode_relaunches_itself_as_this_node_of_the_job(monkeypatch):
+    import grove.cli
+
+    launched = []
+    monkeypatch.setattr(grove.cli.subprocess, "call", lambda command: launched.append(command) or 0)
+    monkeypatch.setattr(sys, "argv", ["grove", "train", "--train", "d", "--nproc", "4", "--multinode", "--override", "freezing=paper"])
+    for name in ("GROVE_MASTER_ADDR", "GROVE_MASTER_PORT", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GROVE_NNODES", "3")
+    monkeypatch.setenv("GROVE_NODE_RANK", "2")
+    assert grove.cli._relaunch_with_torchrun(4, multinode=True) == 0
+    (command,) = launched
+    assert "--nnodes=3" in command and "--node-rank=2" in command and "--nproc-per-node=4" in command
+    assert command[command.index("grove.cli") + 1 :] == ["train", "--train", "d", "--override", "freezing=paper"]
+    assert grove.cli._overrides(["freezing=paper", "unfreeze=false", "video_pool=[8, 8, 9]"]) == {
+        "freezing": "paper", "unfreeze": False, "video_pool": [8, 8, 9]}
+    monkeypatch.delenv("GROVE_NNODES")
+    with pytest.raises(Exception, match="no multi-node job"):
+        grove.cli._relaunch_with_torchrun(4, multinode=True)
