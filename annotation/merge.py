@@ -114,7 +114,7 @@ def merge_pool(out_dir: str | Path, shards: Sequence[ShardSpec], config: Annotat
         changed = [shard for shard in live if shard.name not in kept]
         tables = _sorted_tables([_shard_tables(out, s, versions) for s in changed])
         if previous is not None:  # splice the read shards' rows into the previous pool's
-            drop = pa.array([key for shard in shards if shard.name not in kept for key in shard.keys], pa.string())
+            drop = _dropped_keys(shards, unchanged)
             tables = {name: _splice(_read_pool_table(out, name), drop, tables[name]) for name in POOL_TABLES}
         (out / "shards" / STATE).unlink(missing_ok=True)  # the pool files are about to change
         _write_pool(out, tables, [records[s.name].stats for s in live], config, versions)
@@ -211,6 +211,16 @@ def _not_incremental(previous: Mapping[str, Any], shards: Sequence[ShardSpec], l
     if pc.count_distinct(keys).as_py() != len(keys):  # a plan never does this; hand-made shards may
         return "two shards hold the same live clip"
     return ""
+
+
+def _dropped_keys(shards: Sequence[ShardSpec], unchanged: Sequence[ShardSpec]) -> pa.Array:
+    """The keys whose rows in the previous pool must go: every key of a shard read again or no longer
+    live, but the keys live in an unchanged shard (a clip retired from a changed shard may be live,
+    unchanged, in a later one)."""
+    kept = {shard.name for shard in unchanged}
+    candidates = pa.array([key for shard in shards if shard.name not in kept for key in shard.keys], pa.string())
+    live = pa.chunked_array([pa.array(shard.live_keys, pa.string()) for shard in unchanged], pa.string())
+    return candidates.filter(pc.invert(pc.is_in(candidates, value_set=live)))
 
 
 def _shard_tables(out: Path, shard: ShardSpec, versions: Mapping[int, str]) -> dict[str, pa.Table]:

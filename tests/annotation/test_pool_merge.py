@@ -28,8 +28,8 @@ POOL_FILES = ("clips.parquet", "boxes_raw.parquet", "boxes_processed.parquet", "
 
 @pytest.fixture(scope="module")
 def catalogs(tmp_path_factory):
-    """16 clips (vid0005's video corrupt) with content hashes: A holds the first 12, B all 16, and C is
-    B with vid0003's video changed and vid0007 removed."""
+    """16 clips (vid0005's video corrupt) with content hashes: A holds the first 12, B all 16, C is
+    B with vid0003's video changed and vid0007 removed, and D is C with vid0001's video changed too."""
     root = tmp_path_factory.mktemp("merge")
     fixture = make_synthetic(root, 16, corrupt=(5,))
     keys = [f"vid{i:04d}_0" for i in range(16)]
@@ -38,7 +38,9 @@ def catalogs(tmp_path_factory):
     b = subset_catalog(fixture.catalog, root / "b", keys, content)
     kept = [k for k in keys if k != "vid0007_0"]
     c = subset_catalog(fixture.catalog, root / "c", kept, {k: content[k] for k in kept} | {"vid0003_0": "new"})
-    return a, b, c
+    d = subset_catalog(fixture.catalog, root / "d", kept,
+                       {k: content[k] for k in kept} | {"vid0003_0": "new", "vid0001_0": "new"})
+    return a, b, c, d
 
 
 def annotate_shards(catalog: Path, out: Path) -> list[ShardSpec]:
@@ -67,7 +69,7 @@ def whole_merge(out: Path, shards: list[ShardSpec], tmp_path: Path) -> dict[str,
 
 
 def test_a_merge_reads_only_new_and_changed_shards_and_writes_what_a_whole_merge_writes(catalogs, tmp_path):
-    a, b, c = catalogs
+    a, b, c, d = catalogs
     out = tmp_path / "pool"
     shards = annotate_shards(a, out)
     first = merge_pool(out, shards, CONFIG)
@@ -89,12 +91,19 @@ def test_a_merge_reads_only_new_and_changed_shards_and_writes_what_a_whole_merge
     assert pool_bytes(out) == whole_merge(out, shards, tmp_path)
     clips = pq.read_table(out / "clips.parquet")["key"].to_pylist()
     assert "vid0007_0" not in clips and clips.count("vid0003_0") == 1 and len(clips) == 14  # vid0005 failed
+    # vid0001 changes as well: shard 0 is read again, but vid0003, once in shard 0 and live in shard 4
+    # (not read), keeps its rows
+    shards = annotate_shards(d, out)
+    again = merge_pool(out, shards, CONFIG)
+    assert not again.whole and again.read == ("shard-00000", "shard-00005")
+    assert pool_bytes(out) == whole_merge(out, shards, tmp_path)
+    assert pq.read_table(out / "clips.parquet")["key"].to_pylist().count("vid0003_0") == 1
     # processed boxes, merged shard by shard, are what merging the whole raw table gives
     assert pq.read_table(out / "boxes_processed.parquet").equals(merge_same_phrase_boxes(pq.read_table(out / "boxes_raw.parquet")))
 
 
 def test_a_pool_it_cannot_trust_is_merged_whole(catalogs, tmp_path, monkeypatch):
-    a, _, _ = catalogs
+    a = catalogs[0]
     out = tmp_path / "pool"
     shards = annotate_shards(a, out)
     merge_pool(out, shards, CONFIG)
@@ -135,7 +144,7 @@ def test_a_pool_it_cannot_trust_is_merged_whole(catalogs, tmp_path, monkeypatch)
 
 
 def test_a_shard_changed_behind_the_state_is_read_again_and_named_when_broken(catalogs, tmp_path):
-    a, _, _ = catalogs
+    a = catalogs[0]
     out = tmp_path / "pool"
     shards = annotate_shards(a, out)
     merge_pool(out, shards, CONFIG)
