@@ -132,6 +132,7 @@ def read_fingerprint(path: Path) -> dict[str, Any] | None:
 
 def supersede(out_dir: Path, names: Iterable[str], label: str) -> Path | None:
     """Move a previous run's files (`names` in `out_dir`) to `<out_dir>.superseded/<label>[-n]/`."""
+    out_dir = out_dir.resolve()  # `--out .` has no name to derive the sibling's from
     present = [name for name in names if (out_dir / name).exists()]
     if not present:
         return None
