@@ -17,8 +17,10 @@ import pytest
 
 from annotation import merge
 from annotation.merge import STATE, merge_pool
-from annotation.shards import STAGES, Annotator, AnnotatorConfig, ShardSpec, shard_dir
+from annotation.records import ClipFailure, failures_table
+from annotation.shards import STAGES, Annotator, AnnotatorConfig, ShardSpec, _write_shard, shard_dir, stage_version, update_plan
 from grove.data.boxes import merge_same_phrase_boxes
+from grove.data.schema import box_table, clip_table, sort_boxes, write_clips
 from tests.annotation.conftest import make_synthetic
 from tests.annotation.test_shard_plan import subset_catalog
 
@@ -173,3 +175,55 @@ def test_splicing_new_rows_into_the_pool_equals_filtering_and_sorting(seed):
     assert merge._splice(previous, pa.array(sorted(dropped)), new).equals(expected)
     assert merge._splice(previous.slice(0, 0), pa.array([], pa.string()), new).equals(new)
     assert merge._splice(previous, pa.array(sorted(dropped)), new.slice(0, 0)).equals(expected.filter(pc.is_in(expected["key"], pa.array(sorted(kept)))))
+
+
+def write_fake_catalog(folder: Path, content: dict[str, str]) -> Path:
+    """A catalog of one clip per key whose video content hash is `content[key]`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [dict(key=key, dataset="pool", split="all", video_id=key[:-2], clip_id="0", video_path=f"videos/{key[:-2]}.mp4",
+                 fps=10.0, clip_start_frame=0, clip_end_frame=19, num_frames=0, width=64, height=48, caption="",
+                 tagged_caption="", phrases=[], extra={}) for key in sorted(content)]
+    write_clips(clip_table(rows), folder / "clips.parquet")
+    pq.write_table(pa.table({"relative_path": [f"videos/{k[:-2]}.mp4" for k in sorted(content)],
+                             "content_hash": [content[k] for k in sorted(content)]}), folder / "catalog.parquet")
+    return folder
+
+
+def write_fake_outputs(out: Path, plan, shard: ShardSpec, rng: random.Random) -> None:
+    """Stage outputs for a shard as the runner writes them (done.json included), without an annotator:
+    some clips fail in stage 1, the others get boxes, two of a phrase in a frame now and then."""
+    clips = plan.clips(shard)
+    failed = {key for key in shard.keys if rng.random() < 0.2}
+    boxes = [dict(key=key, frame_index=f, frame_id=2 * f, box_index=b, phrase_index=rng.randint(0, 1),
+                  phrase=("a hand", "a cup")[b % 2], x1=rng.random(), y1=0.0, x2=5.0, y2=5.0)
+             for key in shard.keys if key not in failed for f in range(2) for b in range(rng.randint(1, 3))]
+    done = clips.filter(pc.invert(pc.is_in(clips["key"], pa.array(sorted(failed), pa.string()))))
+    fails = failures_table([ClipFailure(key, f"run {rng.random():.6f}") for key in sorted(failed)], "stage1")
+    empty = failures_table([], "stage2")
+    _write_shard(out, 1, shard, stage_version(CONFIG, 1), {"failures.parquet": fails}, {})
+    _write_shard(out, 2, shard, stage_version(CONFIG, 2), {"failures.parquet": empty}, {"clips": len(shard.keys)})
+    tables = {"clips.parquet": done, "boxes_raw.parquet": sort_boxes(box_table(boxes)), "failures.parquet": empty}
+    _write_shard(out, 3, shard, stage_version(CONFIG, 3), tables, {"boxes": len(boxes)})
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_catalog_histories_merge_incrementally_to_the_whole_merge(seed, tmp_path):
+    """Clips added, removed, changed (again and again) and shards re-annotated, in random order: after
+    every step the incremental merge writes what a whole merge of the same shards writes."""
+    rng = random.Random(seed)
+    content: dict[str, str] = {}
+    out, annotated = tmp_path / "pool", set()
+    for step in range(8):
+        for _ in range(rng.randint(1, 6)):
+            content[f"v{rng.randint(0, 40):03d}_0"] = f"c{rng.randint(0, 2)}"  # a new clip, or another video for one
+        for key in rng.sample(sorted(content), min(len(content) - 1, rng.randint(0, 2))):
+            del content[key]
+        plan = update_plan(write_fake_catalog(tmp_path / f"catalog{step}", content), out, shard_size=3)
+        for shard in plan.shards:
+            if shard.live_keys and (shard.name not in annotated or rng.random() < 0.15):  # new, or re-annotated
+                write_fake_outputs(out, plan, shard, rng)
+                annotated.add(shard.name)
+        shards = list(plan.shards)
+        result = merge_pool(out, shards, CONFIG)
+        assert step == 0 or not result.whole, result
+        assert pool_bytes(out) == whole_merge(out, shards, tmp_path), f"step {step}"
