@@ -145,9 +145,17 @@ class MlflowResource(dg.ConfigurableResource):
     def client(self) -> Any:
         from mlflow import MlflowClient
 
-        if self.tracking_uri.startswith("sqlite:///"):
-            Path(self.store_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        if not self.tracking_uri.startswith("sqlite:///"):
+            return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        database = Path(self.store_uri[len("sqlite:///") :])
+        database.parent.mkdir(parents=True, exist_ok=True)
+        # MLflow creates (or migrates) a store's tables when a client first opens it; two processes
+        # doing that at once collide ("table ... already exists"), so opening the stores is serialised
+        with exclusive_lock(database.with_name(database.name + ".init.lock")):
+            client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+            client.search_experiments(max_results=1)
+            client.search_registered_models(max_results=1)
+        return client
 
     def experiment_id(self, client: Any | None = None) -> str:
         """Get or create the experiment; a concurrent creator winning the race is not an error."""

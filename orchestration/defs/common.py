@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,8 +11,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import dagster as dg
 import pyarrow as pa
+import yaml
 
-from orchestration.profile import Profile
+from orchestration.profile import REPO_ROOT, Profile
 
 # The team that owns each group's data on disk (Dagster `owners`).
 OWNERS = {
@@ -48,12 +51,53 @@ def dvc_stage(kind: str, partition: str) -> str:
     return f"{kind}_{FT_ONLY}" if partition == FT_ONLY else f"{kind}@{partition}"
 
 
-def code_version(profile: Profile, body_version: str, *param_keys: str) -> str:
-    """`body_version` (bumped by hand when an asset body changes) + a hash of the params it reads.
+def code_version(profile: Profile, body_version: str, *param_keys: str, stage: str | None = None) -> str:
+    """`body_version` (bumped by hand when an asset body changes) + a hash of the params it reads +
+    a digest of the code that dvc.yaml's `stage` depends on.
 
-    A changed parameter then marks the asset, and everything downstream of it, stale.
+    A changed parameter, or an edit of that code, then marks the asset, and everything downstream
+    of it, stale in Dagster, as the same edit does in DVC.
     """
-    return f"{body_version}+{profile.fingerprint(*param_keys)}" if param_keys else body_version
+    version = f"{body_version}+{profile.fingerprint(*param_keys)}" if param_keys else body_version
+    code = stage_code(stage) if stage else ""
+    return f"{version}+code:{code}" if code else version
+
+
+def stage_code(stage: str, repo: Path = REPO_ROOT) -> str:
+    """A digest of the code paths a dvc.yaml stage depends on (its deps outside runs/; "" for none): one
+    list, dvc.yaml's, says which code each step depends on, for DVC and for Dagster alike."""
+    dvc_file = repo / "dvc.yaml"
+    if not dvc_file.exists():
+        raise FileNotFoundError(f"{dvc_file}: missing; it lists the code each asset depends on")
+    paths = _code_deps(dvc_file, dvc_file.stat().st_mtime_ns).get(stage)
+    if paths is None:
+        raise KeyError(f"{dvc_file}: no stage '{stage}'")
+    if not paths:
+        return ""
+    digest = hashlib.md5()
+    for relative in paths:
+        for file in _files(repo / relative):
+            digest.update(file.relative_to(repo).as_posix().encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=4)
+def _code_deps(dvc_file: Path, mtime_ns: int) -> dict[str, list[str]]:
+    """Stage name → its code dependencies (templated and runs/ paths left out); read once per version of the file."""
+    stages = yaml.load(dvc_file.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)).get("stages", {})
+    code = {}
+    for name, stage in stages.items():
+        deps = stage["do"].get("deps", []) if "do" in stage else stage.get("deps", [])
+        code[name] = [str(d) for d in deps if "${" not in str(d) and not str(d).startswith("runs/")]
+    return code
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: a code dependency in dvc.yaml that does not exist")
+    return sorted(f for f in path.rglob("*") if f.is_file() and "__pycache__" not in f.parts)
 
 
 def data_version(hash_value: str) -> dg.DataVersion:

@@ -12,7 +12,7 @@ from orchestration.definitions import build_definitions, defs, dvc_enabled
 from orchestration.jobs import STAGES
 from orchestration.lineage import lineage_groups
 from orchestration.defs.benchmarks.assets import benchmark_source
-from orchestration.defs.common import FT_ONLY, dvc_stage
+from orchestration.defs.common import FT_ONLY, dvc_stage, stage_code
 from orchestration.defs.evaluation.grounding import configured, dvc_grounding_stage, metrics_file, predictions_file
 from orchestration.profile import REPO_ROOT, load_profile
 from orchestration.resources import LAYOUT, PipelinePaths, TorchrunLauncher
@@ -85,6 +85,28 @@ def test_the_lineage_is_named_jobs_that_hold_every_asset_once(profile_name, tmp_
     assert len(keys) == len(set(keys)) == len(materializable)
     for group in groups:  # each resolves: one partitioning per job
         assert definitions.resolve_job_def(group.job).partitions_def == group.partitions_def
+
+
+def test_an_edit_of_a_stage_code_dependency_changes_the_code_version(tmp_path):
+    stage = {"foreach": ["small"], "do": {"cmd": "grove train", "deps": ["runs/demo/subsets/${item}", "grove/model", "grove/train.py"]}}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"pretrain": stage, "curve": {"cmd": "c", "deps": ["runs/x"]}}}))
+    (tmp_path / "grove" / "model").mkdir(parents=True)
+    (tmp_path / "grove" / "model" / "heads.py").write_text("HIDDEN = 256\n")
+    (tmp_path / "grove" / "train.py").write_text("STEPS = 10\n")
+    before = stage_code("pretrain", tmp_path)
+    (tmp_path / "grove" / "train.py").write_text("STEPS = 11\n")
+    after = stage_code("pretrain", tmp_path)
+    (tmp_path / "grove" / "model" / "heads.py").write_text("HIDDEN = 512\n")
+    assert len({before, after, stage_code("pretrain", tmp_path)}) == 3
+    assert stage_code("curve", tmp_path) == ""  # no code dependency: nothing to add
+    with pytest.raises(KeyError, match="no stage 'finetune'"):
+        stage_code("finetune", tmp_path)
+
+
+def test_training_assets_carry_the_code_that_dvc_yaml_lists_for_their_stages(tmp_path):
+    graph = build_definitions(load_profile("demo"), tmp_path).resolve_asset_graph()
+    for key, stage in [("pretrained_model", "pretrain"), ("finetuned_model", "finetune"), ("iground_metrics", "evaluate")]:
+        assert graph.get(dg.AssetKey(key)).code_version.endswith(f"+code:{stage_code(stage)}")
 
 
 def test_orchestration_uses_no_private_dagster_module():

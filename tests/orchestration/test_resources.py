@@ -290,3 +290,19 @@ def test_pipes_log_records_are_cut_before_they_reach_the_message_file():
     handler.emit(logging.LogRecord("grove.train", logging.INFO, __file__, 1, "step 100/1500", None, None))
     long, short = pipes.log.sent
     assert len(long) < MAX_LOG_CHARS + 60 and long.endswith("characters, cut)") and short == "step 100/1500"
+
+
+def _open_store(root: str) -> str:
+    resource = MlflowResource.local(root, experiment="grove-race")
+    return resource.experiment_id(resource.client())
+
+
+def test_processes_opening_a_new_mlflow_store_at_once_all_get_it(tmp_path):
+    # The lineage starts runs two at a time, and any of them may be the first to open the store
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=3, mp_context=context) as pool:
+        ids = list(pool.map(_open_store, [str(tmp_path)] * 3))
+    assert len(set(ids)) == 1

@@ -204,7 +204,7 @@ def _quality_asset(profile: Profile) -> dg.AssetsDefinition:
         group_name=GROUP,
         kinds={"python", "mlflow"},
         owners=OWNERS[GROUP],
-        code_version=code_version(profile, "1", "scaling.pool_split"),
+        code_version=code_version(profile, "1", "scaling.pool_split", stage="annotate"),
         automation_condition=on_changed_inputs(),
         description="The automatic annotation scored against the synthetic ground truth with the iGround "
         "metrics (x100), next to naively labelled stage-1 boxes: the paper's 'automatic annotation' row.",

@@ -143,7 +143,7 @@ def _standin_asset(profile: Profile, name: str) -> dg.AssetsDefinition:
         group_name=GROUP,
         kinds={"python", "video", "json"},
         owners=OWNERS[GROUP],
-        code_version=code_version(profile, "1", "seed", "synthetic", f"benchmarks.{name}.clips"),
+        code_version=code_version(profile, "1", "seed", "synthetic", f"benchmarks.{name}.clips", stage="standin"),
         description=f"A synthetic {what}, rendered by the synthetic dataset's generator from its own seed stream "
         "(`grove data synth`), in the official files that the paper profile reads from its release.",
     )
@@ -186,7 +186,7 @@ def _external_benchmark(profile: Profile, name: str) -> list:
         group_name=GROUP,
         kinds={"python", "parquet"},
         owners=OWNERS[GROUP],
-        code_version=code_version(profile, "2", *conversion_keys),
+        code_version=code_version(profile, "2", *conversion_keys, stage="benchmark"),
         automation_condition=on_changed_inputs(),
         description=f"{name}'s splits converted from the official {fmt} files ({where}) into the canonical clip "
         "and box tables (`grove data convert`).",
@@ -225,7 +225,7 @@ def build(profile: Profile) -> list:
         group_name=GROUP,
         kinds={"python", "parquet"},
         owners=OWNERS[GROUP],
-        code_version=code_version(profile, "2", "benchmarks.iground"),
+        code_version=code_version(profile, "2", "benchmarks.iground", stage="iground"),
         automation_condition=on_changed_inputs(),
         description="iGround's train/val/test splits converted from the official raw pickles into the "
         "canonical clip and box tables (raw and union-merged processed boxes).",

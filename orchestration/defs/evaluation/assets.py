@@ -138,7 +138,7 @@ def build(profile: Profile) -> list:
         kinds={"pytorch", "json"},
         owners=OWNERS[GROUP],
         pool="gpu",
-        code_version=code_version(profile, "1", "inference"),
+        code_version=code_version(profile, "1", "inference", stage="predict"),
         automation_condition=on_changed_inputs(),
         description=f"Grounded captions for iGround's {split} split by the official GROVE protocol (5 fps "
         "frames, sliding 8-frame windows, greedy caption from the centre window, objectness threshold), "
@@ -169,7 +169,7 @@ def build(profile: Profile) -> list:
         group_name=GROUP,
         kinds={"python", "duckdb", "mlflow"},
         owners=OWNERS[GROUP],
-        code_version=code_version(profile, "3", "evaluation"),
+        code_version=code_version(profile, "3", "evaluation", stage="evaluate"),
         automation_condition=on_changed_inputs(),
         check_specs=metric_check_specs(METRICS, metrics),
         description="iGround METEOR, CIDEr, AP50 (per video, class-agnostic COCO) and Recall, exactly as the "

@@ -172,7 +172,7 @@ def _benchmark_assets(profile: Profile, name: str) -> list:
         owners=OWNERS[GROUP],
         pool="gpu",
         code_version=code_version(profile, "1", f"benchmarks.{name}.split", f"benchmarks.{name}.temporal",
-                                  "inference.objectness_threshold"),
+                                  "inference.objectness_threshold", stage="predict_grounding"),
         automation_condition=on_changed_inputs(),
         description=f"Predictions of each fine-tuned model on {name}'s {split} split by {protocol}; in the official "
         "prediction layout, a Pipes subprocess.",
@@ -201,7 +201,7 @@ def _benchmark_assets(profile: Profile, name: str) -> list:
         group_name=GROUP,
         kinds={"python", "duckdb", "mlflow"},
         owners=OWNERS[GROUP],
-        code_version=code_version(profile, "1", f"benchmarks.{name}", "evaluation.bootstrap"),
+        code_version=code_version(profile, "1", f"benchmarks.{name}", "evaluation.bootstrap", stage="evaluate_grounding"),
         automation_condition=on_changed_inputs(),
         check_specs=metric_check_specs(metrics_key(name), headline),
         description={

@@ -54,7 +54,7 @@ def build(profile: Profile) -> list:
             group_name=GROUP,
             kinds={"python", "video", "parquet"},
             owners=OWNERS[GROUP],
-            code_version=code_version(profile, "1", "seed", "synthetic"),
+            code_version=code_version(profile, "1", "seed", "synthetic", stage="synthesize"),
             description="Procedurally rendered grounded-video clips with exact ground truth "
             "(`grove data synth`): the pre-training pool plus iGround-like train/val/test splits, "
             "in canonical tables and the official GROVE pickles.",
@@ -96,7 +96,7 @@ def build(profile: Profile) -> list:
         group_name=GROUP,
         kinds={"python", "parquet", "duckdb"},
         owners=OWNERS[GROUP],
-        code_version=code_version(profile, "1", "catalog"),
+        code_version=code_version(profile, "1", "catalog", stage="ingest"),
         automation_condition=on_changed_inputs(),
         description="Every pool video probed (duration, fps, frames, size, codec) and content-hashed "
         "(`grove data ingest`); corrupt, truncated, empty, non-video, duplicate and missing files go to "

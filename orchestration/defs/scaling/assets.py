@@ -35,7 +35,7 @@ def build(profile: Profile) -> list:
         group_name=GROUP,
         kinds={"python", "parquet"},
         owners=OWNERS[GROUP],
-        code_version=code_version(profile, "1", "seed", "scaling"),
+        code_version=code_version(profile, "1", "seed", "scaling", stage="subset"),
         automation_condition=on_changed_inputs(),
         description="The first N clips of the pool in a seeded hash order: nested across sizes "
         "(small ⊂ medium ⊂ full), identical on any machine for the same seed and pool.",
