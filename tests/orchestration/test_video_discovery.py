@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import shutil
 import time
 from pathlib import Path
 
@@ -97,6 +99,47 @@ def test_a_tick_lists_only_what_changed_and_ends_where_a_full_rescan_ends(folder
     (folder / "group1" / "empty").mkdir()
     before = tick({"group1", "group1/empty"})
     assert index.fingerprint == before.fingerprint
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_changes_give_the_index_of_a_full_rescan(tmp_path, seed):
+    """Videos and folders created, removed and renamed at random, a tick after each few: the index
+    (each directory's videos and digest) is always what a full rescan finds."""
+    rng = random.Random(seed)
+    root = tmp_path / "videos"
+    root.mkdir()
+    later = time.time() + 3600  # no directory counts as just changed: ticks rely on modification times alone
+    index = scan_folder(root, now=later).index
+    listed = statted = 0
+    for _ in range(25):
+        time.sleep(0.02)  # file system times are coarse (a clock tick): a later change must get a later time
+        for _ in range(rng.randint(1, 3)):
+            folders = [root, *(p for p in root.rglob("*") if p.is_dir())]
+            files = [p for p in root.rglob("*") if p.is_file()]
+            action = rng.choice(["video", "video", "other", "folder", "remove", "rename", "drop_folder", "move_folder"])
+            if action in ("video", "other"):
+                (rng.choice(folders) / f"f{rng.randint(0, 99)}{'.mp4' if action == 'video' else '.txt'}").write_bytes(b"x")
+            elif action == "folder":
+                (rng.choice(folders) / f"d{rng.randint(0, 9)}").mkdir(exist_ok=True)
+            elif action == "remove" and files:
+                rng.choice(files).unlink()
+            elif action == "rename" and files:
+                source = rng.choice(files)
+                source.rename(rng.choice(folders) / f"r{rng.randint(0, 99)}{rng.choice(['.mkv', '.dat'])}")
+            elif action in ("drop_folder", "move_folder") and len(folders) > 1:
+                folder = rng.choice(folders[1:])
+                target = root / f"moved{rng.randint(0, 99)}"
+                if action == "drop_folder":
+                    shutil.rmtree(folder)
+                elif not target.exists():
+                    folder.rename(target)
+        step = scan_folder(root, index, now=later)
+        index, listed, statted = step.index, listed + step.counts.dirs_listed, statted + step.counts.dirs_statted
+        full = scan_folder(root, now=later).index
+        assert {rel: (s.videos, s.digest) for rel, s in index.dirs.items()} == {
+            rel: (s.videos, s.digest) for rel, s in full.dirs.items()}
+        assert index.fingerprint == full.fingerprint and index.videos == len(find_videos(root))
+    assert listed < statted  # ticks listed what changed, not every directory they statted
 
 
 def test_a_file_rewritten_in_place_is_seen_by_a_full_rescan(folder):
