@@ -56,6 +56,7 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from grove.data.loader import (
@@ -437,7 +438,7 @@ def load_weights(model: GroveModel, folder: Path, strict: bool = True) -> list[s
     try:
         weights = read_sharded_weights(folder) if not path.exists() and is_sharded(folder) else load_file(str(path))
         return model.load_trainable_state_dict(weights, strict=strict)
-    except (KeyError, ValueError, OSError) as exc:
+    except (KeyError, ValueError, OSError, SafetensorError) as exc:  # a truncated file raises SafetensorError
         raise ValueError(f"{path}: {exc}") from exc
 
 

@@ -68,14 +68,7 @@ DAMAGES = [(case, how) for case in CASES for how in ("truncated", "garbage")
 NAMED_BY_FOLDER = {"annotation_shard"}
 
 
-UNCLEAR = {  # real bugs this suite found, to be fixed where the message is made (the mark then has to go)
-    ("checkpoint", "truncated"): "grove.train.load_weights names the file for KeyError/ValueError/OSError but not for "
-    "safetensors' SafetensorError ('incomplete metadata, file not fully covered'): add SafetensorError to its except",
-}
-
-
-@pytest.mark.parametrize("case, how", [pytest.param(*d, marks=pytest.mark.xfail(strict=True, reason=UNCLEAR[d])) if d in UNCLEAR
-                                       else d for d in DAMAGES])
+@pytest.mark.parametrize("case, how", DAMAGES)
 def test_a_damaged_input_fails_naming_the_file_and_keeps_finished_outputs(case, how, fault_base, tmp_path):
     locate, asset, partition = CASES[case]
     root = fault_base.copy(tmp_path / "runs")
