@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from orchestration.profile import load_profile
-from orchestration.ui import LOOPBACK, Server, is_loopback, ui_servers
+from orchestration.ui import LOOPBACK, is_loopback, ui_servers
 
 REPO = Path(__file__).resolve().parents[2]
 
