@@ -113,9 +113,9 @@ def compare_command(
 
     chosen = _profile(profile, params)
     root = runs_root(chosen)
-    if not (root / "mlflow.db").exists():
+    mlflow = MlflowResource.from_env(root, experiment_name(chosen))
+    if mlflow.is_local and not (root / "mlflow.db").exists():
         _fail(f"{root / 'mlflow.db'}: no MLflow store yet (run `grove demo` or materialise the lineage first)")
-    mlflow = MlflowResource.local(root, experiment_name(chosen))
     client = mlflow.client()
     runs = search_asset_runs(client, mlflow.experiment_id(client), asset)
     if not runs:
@@ -154,7 +154,8 @@ def report_command(
     root = runs_root(chosen)
     if not (root / "metrics").is_dir():
         _fail(f"{root / 'metrics'}: no metrics yet (run `grove demo` or materialise the lineage first)")
-    mlflow = MlflowResource.local(root, experiment_name(chosen)) if (root / "mlflow.db").exists() else None
+    mlflow = MlflowResource.from_env(root, experiment_name(chosen))
+    mlflow = None if mlflow.is_local and not (root / "mlflow.db").exists() else mlflow
     page = write_results_page(chosen, root, out, mlflow=mlflow, examples=examples, dagster_url=dagster_url)
     typer.echo(f"results page: {page}")
 

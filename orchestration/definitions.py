@@ -45,7 +45,7 @@ def dvc_enabled(profile: Profile, root: Path) -> bool:
 def default_resources(profile: Profile, root: Path) -> dict[str, Any]:
     return {
         "paths": PipelinePaths(root=str(root)),
-        "mlflow": MlflowResource.local(root, experiment_name(profile)),
+        "mlflow": MlflowResource.from_env(root, experiment_name(profile)),
         "dvc": DvcResource(enabled=dvc_enabled(profile, root)),
         "launcher": TorchrunLauncher(nproc_per_node=int(profile.get("model.nproc_per_node", 1))),
     }

@@ -188,7 +188,7 @@ def run_demo(profile: Profile | str = "demo", console: Any = None, root: Path | 
         if dvc_enabled(profile, root):
             DvcResource().run("push", "--quiet")
             pushed = f"outputs pushed to the local remote {REPO_ROOT / 'runs' / 'dvc-store'}"
-    mlflow = MlflowResource.local(root, experiment_name(profile))
+    mlflow = MlflowResource.from_env(root, experiment_name(profile))
     rows, metrics = scaling_points(profile, paths), list(profile.get("evaluation.metrics"))
     return DemoResult(
         profile=profile,

@@ -129,6 +129,12 @@ class MlflowResource(dg.ConfigurableResource):
     registered_model: str = "grove"
 
     @classmethod
+    def from_env(cls, root: str | os.PathLike[str], experiment: str) -> "MlflowResource":
+        """The tracking server `MLFLOW_TRACKING_URI` names (its own artifact store), else `local(root)`."""
+        uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+        return cls(tracking_uri=uri, artifact_location="", experiment=experiment) if uri else cls.local(root, experiment)
+
+    @classmethod
     def local(cls, root: str | os.PathLike[str], experiment: str) -> "MlflowResource":
         root = Path(root).resolve()
         return cls(
@@ -138,6 +144,11 @@ class MlflowResource(dg.ConfigurableResource):
         )
 
     @property
+    def is_local(self) -> bool:
+        """A SQLite file of this machine (not a tracking server)."""
+        return self.tracking_uri.startswith("sqlite:///")
+
+    @property
     def store_uri(self) -> str:
         """The backend URI without the driver options, for `mlflow ui --backend-store-uri`."""
         return self.tracking_uri.split("?", 1)[0]
@@ -145,7 +156,7 @@ class MlflowResource(dg.ConfigurableResource):
     def client(self) -> Any:
         from mlflow import MlflowClient
 
-        if not self.tracking_uri.startswith("sqlite:///"):
+        if not self.is_local:
             return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         database = Path(self.store_uri[len("sqlite:///") :])
         database.parent.mkdir(parents=True, exist_ok=True)
@@ -164,7 +175,7 @@ class MlflowResource(dg.ConfigurableResource):
         if found is not None:
             return found.experiment_id
         try:
-            return client.create_experiment(self.experiment, artifact_location=self.artifact_location)
+            return client.create_experiment(self.experiment, artifact_location=self.artifact_location or None)
         except Exception:
             found = client.get_experiment_by_name(self.experiment)
             if found is None:

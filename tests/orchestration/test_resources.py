@@ -306,3 +306,17 @@ def test_processes_opening_a_new_mlflow_store_at_once_all_get_it(tmp_path):
     with concurrent.futures.ProcessPoolExecutor(max_workers=3, mp_context=context) as pool:
         ids = list(pool.map(_open_store, [str(tmp_path)] * 3))
     assert len(set(ids)) == 1
+
+
+def test_the_tracking_uri_comes_from_the_environment_when_set(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    local = MlflowResource.from_env(tmp_path / "runs", experiment="grove-env")
+    assert local.is_local and local.tracking_uri.startswith(f"sqlite:///{(tmp_path / 'runs').resolve()}")
+    server = f"sqlite:///{tmp_path / 'server.db'}"  # stands in for http://tracking-server:5000
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    chosen = MlflowResource.from_env(tmp_path / "runs", experiment="grove-env")
+    assert chosen.tracking_uri == server and chosen.artifact_location == ""
+    client = chosen.client()
+    experiment = client.get_experiment(chosen.experiment_id(client))
+    assert experiment.name == "grove-env" and (tmp_path / "server.db").exists()
+    assert not (tmp_path / "runs" / "mlflow.db").exists()
