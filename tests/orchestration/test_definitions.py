@@ -1,6 +1,7 @@
 """The code location: definitions load for both profiles, the asset graph is snapshotted, and dvc.yaml
 describes the same lineage (stage names, output paths) as the assets."""
 
+import json
 import subprocess
 import sys
 
@@ -217,3 +218,21 @@ def test_dvc_evaluate_stages_pass_the_bootstrap_settings_of_the_profile():
         assert "demo.evaluation.bootstrap" in stage["params"]
         for field in profile.get("evaluation.bootstrap"):
             assert f"{flag_of[field]} ${{demo.evaluation.bootstrap.{field}}}" in stage["cmd"], field
+
+
+def test_dvc_plots_show_draws_the_scaling_curve_the_curve_stage_writes(tmp_path):
+    # a repository with the project's dvc.yaml and a scaling file in the curve stage's layout
+    plot = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["plots"][0]
+    (path, spec), = plot.items()
+    curve_outs = [next(iter(o)) if isinstance(o, dict) else o for o in yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["curve"]["outs"]]
+    assert path in curve_outs and spec["x"] == "clips"
+    dvc = str(REPO_ROOT / ".venv-dvc" / "bin" / "dvc")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([dvc, "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"plots": [plot]}))
+    rows = [{"row": f"{name} ({clips})", "clips": clips, "protocol": "official", "CIDEr": c, "METEOR": m, "AP50": a, "Recall": 0.0}
+            for name, clips, c, m, a in [("small", 60, 0.2, 0.13, 0.018), ("full", 240, 0.27, 0.128, 0.047)]]
+    (tmp_path / path).parent.mkdir(parents=True)
+    (tmp_path / path).write_text(json.dumps(rows))
+    shown = subprocess.run([dvc, "plots", "show", "--json"], capture_output=True, text=True, cwd=tmp_path, check=True).stdout
+    assert '"clips": 240' in shown.replace('"clips":240', '"clips": 240') and "CIDEr" in shown
