@@ -82,9 +82,17 @@ class Kind:
         return tuple(out.rsplit("/", 1)[0] if "." in out.rsplit("/", 1)[-1] else out for out in self.outputs)
 
     @property
+    def stores(self) -> tuple[str, ...]:
+        """Where the records of its materialisation are written: the MLflow artifacts, the DVC store."""
+        return ("mlartifacts", ".dvc/cache", "dvc.lock") if self.dvc_stage else ("mlartifacts",)
+
+    @property
     def watched(self) -> tuple[str, ...]:
-        """Where its writes are counted and killed: its outputs, the MLflow artifacts, the DVC store."""
-        return (*self.scopes, "mlartifacts", ".dvc/cache", "dvc.lock") if self.dvc_stage else (*self.scopes, "mlartifacts")
+        """Where its writes are counted: its outputs and the stores."""
+        return (*self.scopes, *self.stores)
+
+    def watched_among(self, among: str) -> tuple[str, ...]:
+        return self.scopes if among == "outputs" else self.stores
 
 
 KINDS = {
@@ -252,19 +260,18 @@ class KillPoint:
 
 
 def kill_point(seed: int, kind: Kind, writes: Sequence[Event], among: str = "outputs") -> KillPoint:
-    """A seeded kill point among the watched writes of the uninterrupted materialisation: before one of
-    them, or a few milliseconds after one that more writes follow (so the process is still at work).
-
-    `among`: "outputs" picks one of the writes of the asset's outputs, "stores" one of the MLflow and
-    DVC writes that record it (drawn separately: the DVC cache alone has more writes than most outputs).
-    """
+    """A seeded kill point among the writes the uninterrupted materialisation made to `kind`'s outputs
+    (`among="outputs"`) or to the MLflow and DVC stores (`"stores"`; drawn separately: the DVC cache alone
+    has more writes than most outputs): before one of them, or a few milliseconds after one that more
+    writes follow (so the process is still at work). Its number counts only the writes `among` watches,
+    as the hook does in the killed run (a re-run over finished outputs writes fewer of those)."""
     rng = random.Random(f"{seed}:{kind.name}:{among}")
-    numbers = [n for n, event in enumerate(writes, start=1) if under(event.path, kind.scopes) == (among == "outputs")]
-    if not numbers:
-        raise ValueError(f"{kind.name}: the uninterrupted run made no {among} writes to kill at")
-    number = rng.choice(numbers)
-    delay = round(rng.uniform(0.005, 0.05), 3) if number < len(writes) and rng.random() < 0.5 else 0.0
-    return KillPoint(seed, kind.name, number, len(writes), delay, writes[number - 1])
+    chosen = [event for event in writes if under(event.path, kind.watched_among(among))]
+    if not chosen:
+        raise ValueError(f"{kind.name}: the uninterrupted run made no writes to its {among} to kill at")
+    number = rng.randint(1, len(chosen))
+    delay = round(rng.uniform(0.005, 0.05), 3) if number < len(chosen) - 1 and rng.random() < 0.5 else 0.0
+    return KillPoint(seed, kind.name, number, len(chosen), delay, chosen[number - 1])
 
 
 # ------------------------------------------------------------------------------ checks

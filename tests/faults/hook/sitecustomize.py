@@ -5,7 +5,7 @@ so Python imports it at start-up in that process and in every Python process it 
 training and inference processes, DVC). With GROVE_FAULT_ROOT unset it does nothing.
 
 It counts the file-system writes under the watched folders (an open for writing, a rename or
-replace, a removal, a folder creation) through a Python audit hook, appending one line per write to
+replace, a removal) through a Python audit hook, appending one line per write to
 GROVE_FAULT_LOG (shared by every process, under an flock, so the count is global and in order).
 With GROVE_FAULT_KILL_AT=k it sends SIGKILL to the whole process group at the k-th write: at once
 (before the write happens), or GROVE_FAULT_DELAY seconds later (somewhere inside the writes and
@@ -27,7 +27,9 @@ def _watched_path(event, args):
         return path if writes else None
     if event == "os.rename":
         return args[1]  # os.replace too: the destination is what a reader sees
-    if event in ("os.remove", "os.rmdir", "os.mkdir", "shutil.rmtree"):
+    # not os.mkdir: `mkdir(parents=True)` tries folders that may already exist, so their count
+    # depends on what a run found, and a folder is never a half file
+    if event in ("os.remove", "shutil.rmtree"):
         return args[0]
     return None
 
