@@ -335,6 +335,21 @@ def combine_versions(hashes: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(hashes).encode()).hexdigest()[:32]
 
 
+def clear_unreadable_rwlock(rwlock: Path) -> None:
+    """DVC rewrites its lock file in place, so a DVC process killed mid-write leaves it empty or cut, and
+    every later DVC command fails ("Unable to read RWLock-file"). Called under the serial lock, when no
+    DVC command of this pipeline runs: a file that is not JSON is a dead writer's, and goes."""
+    try:
+        text = rwlock.read_text()
+    except FileNotFoundError:
+        return
+    try:
+        json.loads(text)
+    except ValueError:
+        log.warning("%s: unreadable (%d bytes, left by a killed DVC command); removed", rwlock, len(text))
+        rwlock.unlink(missing_ok=True)
+
+
 class DvcResource(dg.ConfigurableResource):
     """Runs DVC one command at a time, and turns DVC output hashes into Dagster data versions.
 
@@ -358,6 +373,7 @@ class DvcResource(dg.ConfigurableResource):
         command = [self.dvc_executable(), *args]
         # DVC's own repository lock fails instead of waiting (dvc #10752)
         with exclusive_lock(Path(self.repo) / ".dvc" / "tmp" / "grove-serial.lock"):
+            clear_unreadable_rwlock(Path(self.repo) / ".dvc" / "tmp" / "rwlock")
             try:
                 proc = subprocess.run(
                     command, cwd=self.repo, capture_output=True, text=True, timeout=self.timeout_s, check=False

@@ -384,10 +384,11 @@ def dagster_problems(root: Path) -> list[str]:
 def dvc_problems(root: Path, outputs: Sequence[str] = ()) -> list[str]:
     """DVC can read the repository (`dvc status` runs), and dvc.lock records each output at the hash
     its files have now, with the cache holding that version."""
-    from orchestration.resources import DvcResource, dvc_md5
+    from orchestration.resources import DvcResource, clear_unreadable_rwlock, dvc_md5
 
     if not (root / ".dvc").is_dir():
         return []
+    clear_unreadable_rwlock(root / ".dvc" / "tmp" / "rwlock")  # what the pipeline does before each DVC command
     status = subprocess.run([dvc_executable(), "status", "--quiet"], cwd=root, capture_output=True, text=True)
     if status.returncode not in (0, 1):  # 1: something changed (stages without dependencies always are)
         return [f"`dvc status` in {root}: {status.stderr.strip()[-2000:]}"]

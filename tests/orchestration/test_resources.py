@@ -320,3 +320,18 @@ def test_the_tracking_uri_comes_from_the_environment_when_set(tmp_path, monkeypa
     experiment = client.get_experiment(chosen.experiment_id(client))
     assert experiment.name == "grove-env" and (tmp_path / "server.db").exists()
     assert not (tmp_path / "runs" / "mlflow.db").exists()
+
+
+def test_a_dvc_lock_file_left_empty_by_a_killed_dvc_command_does_not_block_the_next(tmp_path):
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([DVC, "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"write": {"cmd": "echo 1 > out.txt", "outs": ["out.txt"]}}}))
+    (tmp_path / "out.txt").write_text("1\n")
+    rwlock = tmp_path / ".dvc" / "tmp" / "rwlock"
+    rwlock.parent.mkdir(parents=True, exist_ok=True)
+    rwlock.write_text("")  # what a kill -9 inside `dvc commit` can leave
+    assert "Unable to read RWLock-file" in subprocess.run([DVC, "status"], cwd=tmp_path, capture_output=True, text=True).stderr
+    DvcResource(repo=str(tmp_path), executable=DVC).run("commit", "--force", "write")
+    rwlock.write_text('{"read": {}, "write": {}}')  # a readable one is DVC's own business, and stays
+    DvcResource(repo=str(tmp_path), executable=DVC).run("status")
+    assert rwlock.exists()
