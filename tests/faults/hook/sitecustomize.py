@@ -78,6 +78,11 @@ def _install(root):
                 timer = threading.Timer(delay, kill)
                 timer.daemon = True
                 timer.start()
+                # a short-lived writer (a DVC command) can exit before the delay ends, and a daemon
+                # timer dies with it: the kill then lands at its exit instead of never
+                import atexit
+
+                atexit.register(kill)
             else:
                 kill()
 
