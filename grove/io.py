@@ -68,6 +68,18 @@ class UnsafePathError(ValueError):
     """A name read from input data would lead outside the folder it names a file in."""
 
 
+def read_optional_json(path: str | os.PathLike[str], what: str) -> Any | None:
+    """The JSON in `path`, or None when there is no such file; ValueError naming the file and `what` it is
+    when it cannot be parsed."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: unreadable {what} ({exc})") from exc
+
+
 def contained_path(folder: str | os.PathLike[str], name: str) -> Path:
     """`folder / name` for a `name` read from input data (a clip key, a shard file of an index), refused
     when it is empty, absolute or has a `..` part: such a name would reach outside `folder`.

@@ -30,6 +30,8 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 
+from grove.io import read_optional_json
+
 logger = logging.getLogger(__name__)
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -122,12 +124,7 @@ def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 
 
 def read_fingerprint(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: unreadable run fingerprint ({exc})") from exc
+    return read_optional_json(path, "run fingerprint")
 
 
 def supersede(out_dir: Path, names: Iterable[str], label: str) -> Path | None:

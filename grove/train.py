@@ -70,7 +70,7 @@ from grove.data.loader import (
 from grove.checkpoint import SHARDED_DIR, full_trainable_weights, is_sharded, load_sharded, read_sharded_weights, save_sharded
 from grove.data.synthetic import rendered_video_folders
 from grove.distributed import full_value, gradient_sync, shard_model
-from grove.io import atomic_write_json, atomic_write_text, portable_path, resolve_recorded
+from grove.io import atomic_write_json, atomic_write_text, portable_path, read_optional_json, resolve_recorded
 from grove.model import GroveConfig, GroveModel, batch_to, tag_answer
 from grove.model.store import is_full_checkpoint
 from grove.resume import (
@@ -349,13 +349,7 @@ def _portable_model_config(config: GroveConfig, folder: Path) -> GroveConfig:
 
 def read_provenance(folder: str | Path) -> dict[str, Any] | None:
     """A checkpoint's provenance.json (imported from where, or trained on what from what), if it has one."""
-    path = Path(folder) / PROVENANCE_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: unreadable provenance ({exc})") from exc
+    return read_optional_json(Path(folder) / PROVENANCE_FILE, "provenance")
 
 
 def training_provenance(config: TrainConfig, model_config: GroveConfig, datasets: dict[str, int]) -> dict[str, Any]:
