@@ -3,6 +3,8 @@ another annotator version than the current one (a changed prompt, model or param
 again. Shards already current are skipped here, and the shard runner would skip them anyway.
 """
 
+import datetime as dt
+
 import dagster as dg
 
 from orchestration.defs.annotation.assets import STAGE_KEYS, stage_code_version
@@ -16,6 +18,16 @@ def shard_code_versions(instance: dg.DagsterInstance, names: list[str]) -> dict[
     """Shard → the code version of its latest stage-3 materialisation."""
     return {name: (record.event_log_entry.tags or {}).get(CODE_VERSION_TAG, "")
             for name, record in latest_materializations(instance, STAGE_KEYS[3], names).items()}
+
+
+def evaluation_time(context: dg.ScheduleEvaluationContext) -> dt.datetime:
+    """The tick's scheduled time, or now for an evaluation outside a tick (the UI's "Test schedule" without a
+    time, `build_schedule_context()`): Dagster raises on reading an unset scheduled time."""
+    try:
+        scheduled = context.scheduled_execution_time
+    except Exception:  # dagster's CheckError, not exported
+        scheduled = None
+    return scheduled or dt.datetime.now(dt.timezone.utc)
 
 
 def build(profile: Profile) -> list:
@@ -35,7 +47,7 @@ def build(profile: Profile) -> list:
         outdated = [name for name in names if versions.get(name) != current]
         if not outdated:
             return dg.SkipReason(f"all {len(names)} shards are annotated with the current version {current}")
-        stamp = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else "manual"
+        stamp = evaluation_time(context).isoformat()
         return [
             dg.RunRequest(run_key=f"{name}:{current}:{stamp}", partition_key=name, asset_selection=stages,
                           tags={"grove/annotator_version": current})

@@ -127,6 +127,19 @@ def test_reannotation_schedule_requests_only_shards_of_an_older_annotator_versio
     assert isinstance(result, dg.SkipReason) and "current version" in result.skip_message
 
 
+def test_the_reannotation_schedule_evaluates_without_a_scheduled_time(tiny_profile, dagster_instance):
+    """The UI's "Test schedule" and `build_schedule_context()` give no scheduled time: now stands in for it."""
+    schedule_def = by_name(schedules.build(tiny_profile), "reannotation_schedule")
+    dagster_instance.add_dynamic_partitions("annotation_shards", ["shard-00000"])
+    before = dt.datetime.now(dt.timezone.utc)
+    with dg.build_schedule_context(instance=dagster_instance) as context:
+        requests = schedule_def(context)
+    assert [r.partition_key for r in requests] == ["shard-00000"]  # never annotated: outdated
+    prefix = f"shard-00000:{stage_code_version(tiny_profile, 3)}:"
+    assert requests[0].run_key.startswith(prefix)
+    assert dt.datetime.fromisoformat(requests[0].run_key[len(prefix):]) >= before
+
+
 def test_a_changed_stage_option_changes_the_code_version_of_that_stage_and_later_ones(tiny_profile):
     changed = profile_with(tiny_profile, stage2="transformers")
     assert stage_code_version(changed, 1) == stage_code_version(tiny_profile, 1)
