@@ -15,6 +15,8 @@ Output folder:
 OUT/
   train_config.json        the TrainConfig of the run (read it back with `read_train_config`)
   metrics.jsonl            one JSON object per logged step / validation: losses, lr, gradient norm
+  train_curve.json         metrics.jsonl's training records as one JSON list (step, train_loss, train_lr, ...),
+  val_curve.json           and its validation records (step, val_loss, ...): what dvc.yaml's `plots:` draw
   checkpoints/step_NNNNNNNN/  model.safetensors + config.json + trainer_state.pt + rng_rank{r}.pt + state.json
                               + provenance.json (fsdp: sharded/ instead of model.safetensors, which only
                               the last step has, and the optimiser state is in sharded/)
@@ -762,6 +764,32 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
+# metrics.jsonl's records as DVC plots read them (dvc.yaml `plots:`): one JSON list per kind of record, because
+# DVC plots a list only when all its rows have the same fields, and validation comes at other steps than training.
+CURVE_FILES = {"train": "train_curve.json", "val": "val_curve.json"}
+
+
+def curve_rows(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """The `kind/...` metrics of the records that hold `kind/loss`, one row per record: `step` and each metric
+    with '/' as '_' (`train/loss` -> `train_loss`); a metric missing from a row is null, so all rows share fields."""
+    chosen = [record for record in records if f"{kind}/loss" in record]
+    names = sorted({name for record in chosen for name in record if name.startswith(f"{kind}/")})
+    return [{"step": record["step"], **{name.replace("/", "_"): record.get(name) for name in names}} for record in chosen]
+
+
+def write_curves(out_dir: Path) -> None:
+    """Rewrite OUT's curve files from its metrics.jsonl (atomically, whole), so they always hold what it
+    holds: after each logged step, and after a resume cut metrics.jsonl back to its checkpoint."""
+    path = out_dir / METRICS_FILE
+    records = [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    for kind, name in CURVE_FILES.items():
+        rows = curve_rows(records, kind)
+        if rows:
+            atomic_write_json(out_dir / name, rows)
+        else:
+            (out_dir / name).unlink(missing_ok=True)
+
+
 @dataclass
 class _Data:
     train: list[ClipRecord]
@@ -877,12 +905,13 @@ def _train(config: TrainConfig, callback: MetricsCallback | None, device: torch.
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config.warmup_steps, data.total_steps))
     checkpointer = Checkpointer(out_dir, dist, config.keep_last, training_provenance(config, model_config, data.datasets), sharded)
-    metrics_path = out_dir / "metrics.jsonl"
+    metrics_path = out_dir / METRICS_FILE
     start_step = 0
     if resume_from is not None:
         start_step = checkpointer.restore(resume_from, model, optimizer, scheduler)
         if dist.is_main:
             _truncate_metrics(metrics_path, start_step)
+            write_curves(out_dir)
         logger.info("resumed from %s (step %d)", resume_from, start_step)
     _barrier(dist)
     best_val = _best_so_far(out_dir, config.best_by) if resume_from is not None else None
@@ -972,7 +1001,8 @@ def _save_due(policy: SavePolicy, step: int, dist: DistEnv, device: torch.device
 
 
 # What a run writes in its output folder (moved aside together when a new configuration starts fresh).
-RUN_FILES = ("checkpoints", "best", "metrics.jsonl", "result.json", "train_config.json")
+METRICS_FILE = "metrics.jsonl"
+RUN_FILES = ("checkpoints", "best", METRICS_FILE, *CURVE_FILES.values(), "result.json", "train_config.json")
 
 
 def _fingerprint(config: TrainConfig, model_config: GroveConfig, data: _Data, dist: DistEnv) -> dict[str, Any]:
@@ -1065,5 +1095,6 @@ def _report(step: int, metrics: dict[str, float], callback: MetricsCallback | No
     if not dist.is_main:
         return
     _append_metrics(path, step, {k: v for k, v in metrics.items() if not k.startswith(TIMING_PREFIX)})
+    write_curves(path.parent)
     if callback is not None:
         callback(step, metrics)
