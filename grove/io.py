@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
@@ -45,6 +46,32 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+class FolderWriteError(RuntimeError):
+    """A folder of files (a checkpoint) could not be written; the message names the folder."""
+
+
+@contextlib.contextmanager
+def folder_written_via(target: str | os.PathLike[str], tmp: str | os.PathLike[str]) -> Iterator[None]:
+    """Files of `target` are written into `tmp` in the block: on an error `tmp` goes and the error names
+    `target`. torch's writer reports a full disk as "[enforce fail at inline_container.cc] unexpected
+    pos ...", which names no file and no cause."""
+    try:
+        yield
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        code = next((_errno(e) for e in _chain(exc) if isinstance(e, OSError) and _errno(e) is not None), None)
+        cause = os.strerror(code) if code is not None else f"{type(exc).__name__}: {exc}"
+        hint = "" if code is not None else " (a full disk shows this way too)"
+        raise FolderWriteError(f"{target}: could not be written ({cause}){hint}; nothing was kept of it") from exc
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: BaseException | None = exc
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

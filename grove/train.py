@@ -72,7 +72,7 @@ from grove.data.loader import (
 from grove.checkpoint import SHARDED_DIR, full_trainable_weights, is_sharded, load_sharded, read_sharded_weights, save_sharded
 from grove.data.synthetic import rendered_video_folders
 from grove.distributed import full_value, gradient_sync, shard_model
-from grove.io import atomic_write_json, atomic_write_text, portable_path, read_optional_json, resolve_recorded
+from grove.io import atomic_write_json, atomic_write_text, folder_written_via, portable_path, read_optional_json, resolve_recorded
 from grove.model import GroveConfig, GroveModel, batch_to, tag_answer
 from grove.model.store import is_full_checkpoint
 from grove.resume import (
@@ -522,22 +522,25 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         _barrier(self.dist)
-        torch.save(rng_state(), tmp / f"rng_rank{self.dist.rank}.pt")
+        with folder_written_via(final, tmp):
+            torch.save(rng_state(), tmp / f"rng_rank{self.dist.rank}.pt")
         weights = None
         if self.sharded:
-            save_sharded(tmp, model, optimizer)
+            with folder_written_via(final, tmp):
+                save_sharded(tmp, model, optimizer)
             weights = full_trainable_weights(model, gather=True) if whole else None
         _barrier(self.dist)
         if self.dist.is_main:
-            if self.sharded:
-                if weights is not None:
-                    save_weights(tmp, weights)
-                save_model_files(tmp, config, state, self.provenance)
-                trainer = {"step": step, "scheduler": scheduler.state_dict()}  # the optimiser is in the shards
-            else:
-                save_model(tmp, model, config, state, self.provenance)
-                trainer = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-            torch.save(trainer, tmp / TRAINER_FILE)
+            with folder_written_via(final, tmp):
+                if self.sharded:
+                    if weights is not None:
+                        save_weights(tmp, weights)
+                    save_model_files(tmp, config, state, self.provenance)
+                    trainer = {"step": step, "scheduler": scheduler.state_dict()}  # the optimiser is in the shards
+                else:
+                    save_model(tmp, model, config, state, self.provenance)
+                    trainer = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+                torch.save(trainer, tmp / TRAINER_FILE)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             atomic_write_json(self.root / LAST_FILE, {"path": name, "step": step})
@@ -557,11 +560,12 @@ class Checkpointer:
         tmp = self.best.with_name(".tmp-best")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        if weights is None:
-            save_model(tmp, model, config, state, self.provenance)
-        else:
-            save_weights(tmp, weights)
-            save_model_files(tmp, config, state, self.provenance)
+        with folder_written_via(self.best, tmp):
+            if weights is None:
+                save_model(tmp, model, config, state, self.provenance)
+            else:
+                save_weights(tmp, weights)
+                save_model_files(tmp, config, state, self.provenance)
         old = self.best.with_name(".old-best")
         shutil.rmtree(old, ignore_errors=True)
         if self.best.exists():

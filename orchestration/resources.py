@@ -422,6 +422,38 @@ class LauncherError(RuntimeError):
     """A launcher is misconfigured or its cluster client is not installed."""
 
 
+class PipesProcessError(RuntimeError):
+    """A Pipes process failed; the message carries what it raised."""
+
+
+PIPES_CLOSED = "[pipes] external process pipes closed with exception"
+
+
+def pipes_errors(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """What the Pipes processes of a run raised, as the run's event log records it (the UI shows these)."""
+    found = []
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+        if (entry.user_message or "").startswith(PIPES_CLOSED):
+            error = entry.dagster_event.event_specific_data.error
+            if error is not None:  # its message may already start with the exception's class name
+                message = error.message.strip()
+                found.append(message if message.startswith(f"{error.cls_name}:") else f"{error.cls_name}: {message}")
+    return found
+
+
+@contextlib.contextmanager
+def naming_pipes_errors(context: dg.AssetExecutionContext, module: str) -> Iterator[None]:
+    """Re-raise a failed Pipes launch with what the process raised: Dagster's own error says only that
+    "the external execution process failed", the cause sits in an engine event of the run."""
+    try:
+        yield
+    except Exception as exc:
+        reported = pipes_errors(context.instance, context.run.run_id)
+        if not reported:
+            raise
+        raise PipesProcessError(f"{module} raised {' | '.join(reported)}") from exc
+
+
 class PipesLauncher(dg.ConfigurableResource, ABC):
     """Runs a Pipes-side entry module (orchestration.pipes_train / pipes_infer) somewhere.
 
@@ -510,7 +542,8 @@ class TorchrunLauncher(PipesLauncher):
     ) -> dg.PipesClientCompletedInvocation:
         command = self.command(module, args, nproc)
         context.log.info(f"launching: {' '.join(command)}")
-        return self.client().run(context=context, command=command, extras=dict(extras or {}))
+        with naming_pipes_errors(context, module):
+            return self.client().run(context=context, command=command, extras=dict(extras or {}))
 
 
 class K8sLauncher(PipesLauncher):
@@ -560,9 +593,10 @@ class K8sLauncher(PipesLauncher):
         except ImportError as exc:
             raise LauncherError("K8sLauncher needs dagster-k8s: pip install dagster-k8s") from exc
         command = self.torchrun_command(module, args, python="python", nproc=nproc)
-        return PipesK8sClient().run(
-            context=context,
-            extras=dict(extras or {}),
-            namespace=self.namespace,
-            base_pod_spec=self.pod_spec(command),
-        )
+        with naming_pipes_errors(context, module):
+            return PipesK8sClient().run(
+                context=context,
+                extras=dict(extras or {}),
+                namespace=self.namespace,
+                base_pod_spec=self.pod_spec(command),
+            )

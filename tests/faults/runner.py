@@ -22,20 +22,6 @@ from pathlib import Path
 from typing import Any
 
 SHARDS = "*shards*"
-PIPES_CLOSED = "[pipes] external process pipes closed with exception"
-
-
-def pipes_errors(instance: Any) -> list[str]:
-    """What the Pipes processes of the latest run raised, as its event log records it (the UI shows these)."""
-    runs = instance.get_runs(limit=1)
-    found = []
-    for entry in instance.all_logs(runs[0].run_id) if runs else []:
-        event = entry.dagster_event
-        if event is not None and event.is_engine_event and (entry.user_message or "").startswith(PIPES_CLOSED):
-            error = event.event_specific_data.error
-            if error is not None:
-                found.append(f"{error.cls_name}: {error.message.strip()}")
-    return found
 
 
 def materialize_steps(params_file: Path, root: Path, spec: dict[str, Any]) -> None:
@@ -64,13 +50,7 @@ def materialize_steps(params_file: Path, root: Path, spec: dict[str, Any]) -> No
                 partitions = list(planned_shards(profile, paths))
                 add_shards(instance, missing_shards(instance, partitions))
             for partition in partitions:
-                try:
-                    _materialize_one(dg, defs, instance, root, spec, index, step, partition)
-                except Exception as exc:
-                    reported = pipes_errors(instance)
-                    if reported:  # the step failure itself says only "External execution process failed"
-                        raise RuntimeError(f"the Pipes process raised {' | '.join(reported)}") from exc
-                    raise
+                _materialize_one(dg, defs, instance, root, spec, index, step, partition)
 
 
 def _materialize_one(dg: Any, defs: Any, instance: Any, root: Path, spec: dict[str, Any], index: int, step: dict[str, Any],

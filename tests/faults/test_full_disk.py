@@ -49,11 +49,15 @@ def test_a_full_disk_leaves_the_finished_output_and_no_half_file(case, fault_bas
 
 
 def test_a_full_disk_during_the_first_checkpoint_leaves_no_half_checkpoint(after_full_disk):
-    """Its error is torch's, and does not name the folder (README, "Faults tried"); the temporary
-    checkpoint folder it leaves is named so that DVC leaves it out of the output's hash."""
+    """The error names the checkpoint folder (torch's own says only "unexpected pos"), and the temporary
+    folder goes (were one left, its name keeps it out of the output's DVC hash)."""
     root, report = after_full_disk
     outputs = OUTPUTS["training"]
-    assert report["training"]["error"] is not None, "training did not fail on a full disk"
+    error = report["training"]["error"]
+    assert error is not None, "training did not fail on a full disk"
+    checkpoints = root / outputs[0] / "checkpoints"
+    assert f"FolderWriteError: {checkpoints}/step_" in error and "could not be written" in error, error
+    assert not list(checkpoints.glob(".tmp-*")), "the half-written checkpoint folder was left"
     assert unreadable_files(root, outputs) == []
     assert set(temporary_files(root, outputs)).isdisjoint(output_files(root, outputs))
     assert not any(path.endswith("model.safetensors") for path in output_files(root, outputs))  # no checkpoint recorded

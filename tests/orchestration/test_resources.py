@@ -235,6 +235,30 @@ def test_slurm_style_launch_passes_context_by_env_and_messages_through_a_shared_
     assert messages == [{"step": 1, "metrics": {"loss": 0.5}}]
 
 
+def test_a_failed_pipes_process_names_what_it_raised(tmp_path):
+    (tmp_path / "pipes_failing.py").write_text(textwrap.dedent(
+        """
+        from orchestration.pipes_side import pipes_on_rank_zero
+
+        with pipes_on_rank_zero():
+            raise FileNotFoundError("no subset at /data/subsets/medium")
+        """
+    ))
+
+    @dg.asset
+    def launched(context: dg.AssetExecutionContext, launcher: TorchrunLauncher) -> None:
+        launcher.run(context, module="pipes_failing")
+
+    result = dg.materialize([launched], resources={"launcher": TorchrunLauncher(env=_probe_env(tmp_path))}, raise_on_error=False)
+    (failure,) = [event for event in result.all_events if event.is_step_failure]
+    error, messages = failure.step_failure_data.error, []
+    while error is not None:  # Dagster wraps the step's exception: its cause is what the asset raised
+        messages.append(error.message)
+        error = error.cause
+    message = "\n".join(messages)
+    assert "pipes_failing raised FileNotFoundError: no subset at /data/subsets/medium" in message
+
+
 def test_launcher_config_is_validated():
     with pytest.raises(Exception, match="nproc_per_node"):
         TorchrunLauncher(nproc_per_node=0)

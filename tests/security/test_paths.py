@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from grove.data.howtoground import read_records, write_per_clip
 from grove.data.predictions import write_predictions
 from grove.data.schema import write_table
-from grove.io import UnsafePathError, atomic_write_json, contained_path
+from grove.io import FolderWriteError, UnsafePathError, atomic_write_json, contained_path, folder_written_via
 from grove.weights.sources import CheckpointReadError, open_checkpoint
 
 RECORD = {"caption": "a cup moves"}
@@ -101,3 +101,18 @@ def test_a_symlink_planted_at_a_clip_pickle_is_replaced_not_written_through(tmp_
     write_per_clip({"vid_0": RECORD}, folder)
     assert outside.read_text() == "keep me"
     assert not (folder / "vid_0.pkl").is_symlink() and pickle.loads((folder / "vid_0.pkl").read_bytes()) == RECORD
+
+
+@pytest.mark.parametrize("raised, cause", [
+    (RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos 64 vs 0"), "RuntimeError: [enforce fail"),
+    (OSError(27, "File too large"), "(File too large)"),
+])
+def test_a_failed_folder_write_names_the_folder_and_leaves_no_half_folder(tmp_path, raised, cause):
+    target, tmp = tmp_path / "checkpoints" / "step_00000001", tmp_path / "checkpoints" / ".tmp-step_00000001"
+    tmp.mkdir(parents=True)
+    with pytest.raises(FolderWriteError, match=re.escape(f"{target}: could not be written ")) as failure:
+        with folder_written_via(target, tmp):
+            (tmp / "model.safetensors").write_bytes(b"half")
+            raise raised
+    assert cause in str(failure.value)
+    assert not tmp.exists() and not target.exists()
