@@ -12,6 +12,7 @@ from evaluation.cli import app as eval_app
 from grove.data.cli import app as data_app
 from grove.weights.cli import app as weights_app
 from orchestration.commands import compare_command, demo_command, pipeline_app, report_command, ui_command
+from orchestration.data_versions import dvc_app
 
 app = typer.Typer(
     name="grove",
@@ -28,6 +29,7 @@ app.command("demo")(demo_command)
 app.command("compare")(compare_command)
 app.command("report")(report_command)
 app.command("ui")(ui_command)
+app.add_typer(dvc_app, name="dvc", help="Data versioning of a profile that dvc.yaml does not describe (paper): track its outputs, push them to a remote.")
 app.add_typer(pipeline_app, name="pipeline", help="Lineage steps of the orchestration layer, for DVC stages (iground, subset, standin, benchmark, predict-benchmark, evaluate-benchmark, curve).")
 
 
