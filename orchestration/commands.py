@@ -117,13 +117,14 @@ def compare_command(
     if mlflow.is_local and not (root / "mlflow.db").exists():
         _fail(f"{root / 'mlflow.db'}: no MLflow store yet (run `grove demo` or materialise the lineage first)")
     client = mlflow.client()
-    runs = search_asset_runs(client, mlflow.experiment_id(client), asset)
+    runs = search_asset_runs(client, mlflow.experiment_ids(client), asset)
     if not runs:
-        _fail(f"no finished MLflow runs of asset '{asset}' in experiment '{mlflow.experiment}' ({mlflow.store_uri})")
+        _fail(f"no finished MLflow runs of asset '{asset}' in the experiments '{mlflow.experiment_name('*')}' ({mlflow.store_uri})")
     rows = comparison_rows(runs, order=[*chosen.sizes, FT_ONLY], latest_only=not all_runs)
     columns = metric or list(chosen.get("evaluation.metrics"))
     factor = default_scale(asset) if scale is None else scale
-    title = f"{asset}: MLflow experiment {mlflow.experiment}" + (f" (x{factor:g})" if factor != 1 else "")
+    experiments = sorted({client.get_experiment(row.experiment_id).name for row in rows})
+    title = f"{asset}: MLflow experiment {', '.join(experiments)}" + (f" (x{factor:g})" if factor != 1 else "")
     title += f", {protocol} protocol" if protocol else ""
     console = Console()
     console.print(comparison_table(rows, columns, title, scale=factor, preset=protocol))

@@ -1,8 +1,9 @@
 """`grove compare`: a table of metrics across MLflow runs, e.g. iGround metrics by pre-training size.
 
 Every model and evaluation asset partition writes one MLflow run tagged with its Dagster asset key
-and partition (orchestration.resources.MlflowResource), so a comparison is a search by asset key
-with one row per partition: the latest finished run, or every run with `latest_only=False`.
+and partition, in its concern's experiment (orchestration.resources.MlflowResource), so a comparison
+is a search by asset key across the profile's experiments with one row per partition: the latest
+finished run, or every run with `latest_only=False`.
 
 An evaluation run logs its primary protocol's metrics under their own names and every other
 protocol's under `<preset>.<metric>`; each metric's bootstrap interval as `<metric>.ci_low` and
@@ -39,6 +40,7 @@ class ComparisonRow:
     run_id: str
     start_time: int
     code_version: str
+    experiment_id: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
 
@@ -75,10 +77,12 @@ def protocol_section(report: Mapping[str, Any], preset: str | None) -> Mapping[s
     return others[preset]
 
 
-def search_asset_runs(client: Any, experiment_id: str, asset_key: str) -> list[Any]:
-    """Finished runs of one asset, newest first."""
+def search_asset_runs(client: Any, experiment_ids: Sequence[str], asset_key: str) -> list[Any]:
+    """Finished runs of one asset in any of the experiments, newest first."""
+    if not experiment_ids:
+        return []
     return client.search_runs(
-        [experiment_id],
+        list(experiment_ids),
         filter_string=f"tags.`{ASSET_TAG}` = '{asset_key}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
         max_results=5000,
@@ -99,6 +103,7 @@ def comparison_rows(runs: Sequence[Any], order: Sequence[str] = (), latest_only:
                 run_id=run.info.run_id,
                 start_time=run.info.start_time,
                 code_version=run.data.tags.get(CODE_VERSION_TAG, ""),
+                experiment_id=run.info.experiment_id,
                 metrics=dict(run.data.metrics),
                 params=dict(getattr(run.data, "params", {}) or {}),
             )

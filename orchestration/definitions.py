@@ -31,7 +31,14 @@ DVC_ENV = "GROVE_DVC"  # "0" turns DVC commits off (data versions are then compu
 
 
 def experiment_name(profile: Profile) -> str:
+    """The prefix of the profile's MLflow experiments (`<prefix>/<concern>`)."""
     return str(profile.get("mlflow.experiment", f"grove-{profile.name}"))
+
+
+def mlflow_settings(profile: Profile) -> dict[str, float]:
+    """The profile's `mlflow` settings of MlflowResource besides the experiment (e.g. system_metrics_interval_s)."""
+    fields = ("system_metrics_interval_s", "metrics_flush_s")
+    return {name: float(profile.get(f"mlflow.{name}")) for name in fields if profile.get(f"mlflow.{name}", None) is not None}
 
 
 def dvc_enabled(profile: Profile, root: Path) -> bool:
@@ -45,7 +52,7 @@ def dvc_enabled(profile: Profile, root: Path) -> bool:
 def default_resources(profile: Profile, root: Path) -> dict[str, Any]:
     return {
         "paths": PipelinePaths(root=str(root)),
-        "mlflow": MlflowResource.from_env(root, experiment_name(profile)),
+        "mlflow": MlflowResource.from_env(root, experiment_name(profile), **mlflow_settings(profile)),
         "dvc": DvcResource(enabled=dvc_enabled(profile, root)),
         "launcher": TorchrunLauncher(nproc_per_node=int(profile.get("model.nproc_per_node", 1))),
     }

@@ -23,6 +23,7 @@ from grove.io import atomic_write_text
 from orchestration.lineage import LineageReport, StepOutcome
 from orchestration.profile import PARAMS_FILE, REPO_ROOT, Profile, load_profile, runs_root
 from orchestration.report import SEPARATES, Cell, ScalingPoint, metric_table
+from orchestration.resources import PRETRAIN_CLIPS
 
 log = logging.getLogger(__name__)
 GROUNDING_TITLES = {"vidstg": "VidSTG", "anet_entities": "ActivityNet-Entities"}
@@ -78,7 +79,7 @@ class DemoResult:
     bootstrap: dict[str, Any]  # how the intervals were drawn (evaluation.bootstrap.BootstrapSettings.to_dict)
     grounding: list[tuple[str, list[str], list[ScalingPoint]]]  # VidSTG, ActivityNet-Entities: (title, columns, rows)
     plot: Path
-    experiment: str
+    experiments: list[str]  # the MLflow experiments of the lineage's runs, one per concern
     mlflow_store: str
     dagster_home: Path
     pushed: str
@@ -121,7 +122,11 @@ class DemoResult:
             f"as up to date, in {self.seconds / 60:.1f} min"
         )
         console.print(f"data-scaling plot: {self.plot}")
-        console.print(f"MLflow experiment: '{self.experiment}' in {self.mlflow_store}")
+        console.print(f"MLflow experiments: {', '.join(self.experiments)} in {self.mlflow_store}")
+        evaluation = next((name for name in self.experiments if name.endswith("/evaluation")), None)
+        if evaluation is not None:
+            console.print(f"  data scaling in the MLflow UI: experiment '{evaluation}', Chart view, a scatter chart of "
+                          f"{'/'.join(self.metrics)} (y) against {PRETRAIN_CLIPS} (x)", soft_wrap=True)
         if self.pushed:
             console.print(f"DVC: {self.pushed}")
         console.print("open the UIs:")
@@ -189,6 +194,8 @@ def run_demo(profile: Profile | str = "demo", console: Any = None, root: Path | 
             DvcResource().run("push", "--quiet")
             pushed = f"outputs pushed to the local remote {REPO_ROOT / 'runs' / 'dvc-store'}"
     mlflow = MlflowResource.from_env(root, experiment_name(profile))
+    client = mlflow.client()
+    experiments = sorted(client.get_experiment(e).name for e in mlflow.experiment_ids(client))
     rows, metrics = scaling_points(profile, paths), list(profile.get("evaluation.metrics"))
     return DemoResult(
         profile=profile,
@@ -202,7 +209,7 @@ def run_demo(profile: Profile | str = "demo", console: Any = None, root: Path | 
         grounding=[(f"{GROUNDING_TITLES[name]} {split}", headline_metrics(profile, name), scaling_points(profile, paths, name))
                    for name in configured(profile) for split in [split_of(profile, name)]],
         plot=paths.path("reports", CURVE_PLOT),
-        experiment=mlflow.experiment,
+        experiments=experiments,
         mlflow_store=mlflow.store_uri,
         dagster_home=home,
         pushed=pushed,

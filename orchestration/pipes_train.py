@@ -1,15 +1,16 @@
 """Pipes-side training entry: `torchrun ... -m orchestration.pipes_train`, launched by a PipesLauncher.
 
 Reads the TrainConfig from the launching asset's extras, trains with grove.train (DDP when torchrun
-starts several ranks), and from rank 0 streams the library's log lines to Dagster, sends each
-logged step's metrics back as a custom message (the asset logs them to MLflow as curves), and
-reports the checkpoint and the run's figures as the materialisation.
+starts several ranks), and from rank 0 streams the library's log lines to Dagster, logs each
+reported step's metrics and the machine's system metrics to the asset's MLflow run while it trains
+(orchestration.pipes_mlflow), and reports the checkpoint and the run's figures as the materialisation.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from orchestration.pipes_mlflow import RemoteRun, tracked_metrics
 from orchestration.pipes_side import pipes_on_rank_zero, read_extras
 
 
@@ -18,12 +19,7 @@ def main() -> None:
 
     extras = read_extras()
     config = TrainConfig(**extras["train_config"])
-    with pipes_on_rank_zero() as pipes:
-
-        def report(step: int, metrics: dict[str, float]) -> None:
-            if pipes is not None:
-                pipes.report_custom_message({"step": step, "metrics": metrics})
-
+    with pipes_on_rank_zero() as pipes, tracked_metrics(RemoteRun.from_extras(extras) if pipes is not None else None) as report:
         result = train(config, callback=report)
         if pipes is not None:
             summary: dict[str, Any] = {

@@ -63,6 +63,32 @@ class PipelinePaths(dg.ConfigurableResource):
 # --------------------------------------------------------------------------------------------
 # MLflow
 
+# One MLflow experiment per concern, `<experiment>/<concern>`: the runs of one experiment log the same
+# names (training curves; iGround metrics), so the MLflow UI's runs table, compare and chart views line
+# them up, where one experiment for everything would leave most columns of most runs empty. An asset
+# names its concern when it starts a run; one that does not gets its Dagster group's.
+CONCERNS = ("annotation", "pretraining", "finetuning", "inference", "evaluation", "reports", "registry")
+CONCERN_OF_GROUP = {"annotation": "annotation", "evaluation": "evaluation", "reports": "reports", "models": "registry"}
+# The size of the pre-training subset behind a run (0: none, FT-only), logged by pre-training, fine-tuning,
+# inference and evaluation runs as a param (the runs table filters on it) and a metric (the charts' axis).
+PRETRAIN_CLIPS = "pretrain_clips"
+DATASET_CONTEXT_TAG = "mlflow.data.context"  # the input tag the MLflow UI shows as a dataset's use
+DIGEST_CHARS = 36  # MLflow's limit on a dataset digest: a DVC hash (32 hex + ".dir") fits
+# Tags of a run that a later attempt found RUNNING after its own attempt had died, and ended as KILLED
+REPLACED_BY_RUN_TAG = "grove.replaced_by.mlflow_run"
+REPLACED_BY_DAGSTER_TAG = "grove.replaced_by.dagster_run"
+
+
+@dataclass(frozen=True)
+class RunDataset:
+    """A dataset a run read, for `MlflowClient.log_inputs`: where it lives (the source), its DVC hash
+    (the digest; '' when none is recorded yet) and what the run used it for (training, validation, evaluation)."""
+
+    name: str
+    path: str
+    digest: str
+    context: str
+
 
 @dataclass
 class TrackedRun:
@@ -112,35 +138,66 @@ class TrackedRun:
     def log_dict(self, obj: Any, artifact_file: str) -> None:
         self.client.log_dict(self.run_id, obj, artifact_file)
 
+    def log_axis(self, name: str, value: float) -> None:
+        """A number that runs are compared along (`PRETRAIN_CLIPS`): a param and a metric of the same name."""
+        self.log_params({name: value})
+        self.log_metrics({name: float(value)})
+
+    def log_inputs(self, datasets: Sequence[RunDataset]) -> None:
+        """The datasets as the run's inputs (the UI's Datasets column); a local path is the source MLflow's
+        own local dataset source writes (`local`, `{"uri": path}`), built here because resolving a path
+        through MLflow's source registry warns that two sources match it."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = []
+        for dataset in datasets:
+            if len(dataset.digest) > DIGEST_CHARS:
+                raise ValueError(f"dataset {dataset.name} ({dataset.path}): digest {dataset.digest!r} is longer than "
+                                 f"the {DIGEST_CHARS} characters MLflow stores")
+            entity = Dataset(dataset.name, dataset.digest, "local", json.dumps({"uri": dataset.path}))
+            inputs.append(DatasetInput(entity, [InputTag(DATASET_CONTEXT_TAG, dataset.context)]))
+        if inputs:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+
+
 
 class MlflowResource(dg.ConfigurableResource):
-    """MLflow tracking: one run per materialisation of a model or evaluation asset partition.
+    """MLflow tracking: one run per materialisation of a model or evaluation asset partition, in the
+    experiment `<experiment>/<concern>` of its concern (`CONCERNS`).
 
     The default backend is a SQLite file with a local artifact folder. SQLite takes one writer at a
     time: the busy timeout makes concurrent steps wait instead of failing with "database is
-    locked", and the experiment is created once, before any run. Many concurrent writers (a
+    locked", and each experiment is created once, before its first run. Many concurrent writers (a
     cluster) should point `tracking_uri` at an `mlflow server` in front of the database instead.
     """
 
     tracking_uri: str
     artifact_location: str
-    experiment: str
+    experiment: str = Field(description="prefix of the experiments' names: `<experiment>/<concern>`")
     ui_url: str = "http://127.0.0.1:5000"
     registered_model: str = "grove"
+    system_metrics_interval_s: float = Field(
+        default=10.0, ge=0, description="seconds between the system metrics samples of a training process (0: none)")
+    metrics_flush_s: float = Field(
+        default=2.0, ge=0, description="a training process sends its buffered metrics at most this long after they come")
 
     @classmethod
-    def from_env(cls, root: str | os.PathLike[str], experiment: str) -> "MlflowResource":
-        """The tracking server `MLFLOW_TRACKING_URI` names (its own artifact store), else `local(root)`."""
+    def from_env(cls, root: str | os.PathLike[str], experiment: str, **settings: Any) -> "MlflowResource":
+        """The tracking server `MLFLOW_TRACKING_URI` names (its own artifact store), else `local(root)`;
+        `settings`: the other fields."""
         uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-        return cls(tracking_uri=uri, artifact_location="", experiment=experiment) if uri else cls.local(root, experiment)
+        if uri:
+            return cls(tracking_uri=uri, artifact_location="", experiment=experiment, **settings)
+        return cls.local(root, experiment, **settings)
 
     @classmethod
-    def local(cls, root: str | os.PathLike[str], experiment: str) -> "MlflowResource":
+    def local(cls, root: str | os.PathLike[str], experiment: str, **settings: Any) -> "MlflowResource":
         root = Path(root).resolve()
         return cls(
             tracking_uri=f"sqlite:///{root / LAYOUT['mlflow_db']}?timeout=60",
             artifact_location=(root / LAYOUT["mlartifacts"]).as_uri(),
             experiment=experiment,
+            **settings,
         )
 
     @property
@@ -168,19 +225,36 @@ class MlflowResource(dg.ConfigurableResource):
             client.search_registered_models(max_results=1)
         return client
 
-    def experiment_id(self, client: Any | None = None) -> str:
-        """Get or create the experiment; a concurrent creator winning the race is not an error."""
+    def experiment_name(self, concern: str) -> str:
+        return f"{self.experiment}/{concern}"
+
+    def experiment_id(self, concern: str, client: Any | None = None) -> str:
+        """Get or create a concern's experiment; a concurrent creator winning the race is not an error."""
         client = client or self.client()
-        found = client.get_experiment_by_name(self.experiment)
+        name = self.experiment_name(concern)
+        found = client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
+        location = f"{self.artifact_location.rstrip('/')}/{concern}" if self.artifact_location else None
         try:
-            return client.create_experiment(self.experiment, artifact_location=self.artifact_location or None)
+            return client.create_experiment(name, artifact_location=location)
         except Exception:
-            found = client.get_experiment_by_name(self.experiment)
+            found = client.get_experiment_by_name(name)
             if found is None:
                 raise
             return found.experiment_id
+
+    def experiment_ids(self, client: Any | None = None) -> list[str]:
+        """The ids of every concern's experiment that exists (readers search runs across them)."""
+        client = client or self.client()
+        prefix = f"{self.experiment}/"
+        # LIKE's '_' matches any character: the exact prefix is checked again on the names found
+        found = client.search_experiments(filter_string=f"name LIKE '{prefix}%'", max_results=1000)
+        return [e.experiment_id for e in found if e.name.startswith(prefix)]
+
+    def concern_of(self, context: dg.AssetExecutionContext) -> str:
+        group = context.assets_def.group_names_by_key.get(context.asset_key, "default")
+        return CONCERN_OF_GROUP.get(group, group)
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
         return f"{self.ui_url}/#/experiments/{experiment_id}/runs/{run_id}"
@@ -190,12 +264,15 @@ class MlflowResource(dg.ConfigurableResource):
         self,
         context: dg.AssetExecutionContext,
         *,
+        concern: str | None = None,
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, Any] | None = None,
     ) -> Iterator[TrackedRun]:
-        """A run for this asset partition, tagged with its Dagster lineage; FAILED if the body raises."""
+        """A run for this asset partition in its concern's experiment (default: its group's), tagged with
+        its Dagster lineage; FAILED if the body raises. Runs of earlier attempts at the same partition
+        left RUNNING by a killed process end as KILLED, tagged with this attempt (`end_replaced_runs`)."""
         client = self.client()
-        experiment_id = self.experiment_id(client)
+        experiment_id = self.experiment_id(concern or self.concern_of(context), client)
         asset_key = context.asset_key.to_user_string()
         partition = context.partition_key if context.has_partition_key else ""
         run_tags = {
@@ -208,9 +285,10 @@ class MlflowResource(dg.ConfigurableResource):
         }
         run = client.create_run(experiment_id, tags=run_tags)
         tracked = TrackedRun(client, run.info.run_id, experiment_id, self.run_url(experiment_id, run.info.run_id))
-        if params:
-            tracked.log_params(params)
         try:
+            end_replaced_runs(client, context.instance, experiment_id, asset_key, partition, run.info.run_id, context.run.run_id)
+            if params:
+                tracked.log_params(params)
             yield tracked
         except BaseException:
             client.set_terminated(tracked.run_id, status="FAILED")
@@ -226,17 +304,63 @@ class MlflowResource(dg.ConfigurableResource):
         client.set_registered_model_alias(self.registered_model, alias, version.version)
         return str(version.version)
 
+    def pipes_extras(self, run: TrackedRun) -> dict[str, Any]:
+        """What a Pipes process needs to log to `run` itself (orchestration.pipes_mlflow.RemoteRun)."""
+        return {"tracking_uri": self.tracking_uri, "run_id": run.run_id,
+                "system_metrics_interval_s": self.system_metrics_interval_s, "flush_s": self.metrics_flush_s}
+
     def latest_run(self, asset_key: str, partition: str) -> Any | None:
         """The newest finished run of an asset partition, or None."""
         client = self.client()
+        experiments = self.experiment_ids(client)
+        if not experiments:
+            return None
         runs = client.search_runs(
-            [self.experiment_id(client)],
+            experiments,
             filter_string=f"tags.`dagster.asset_key` = '{asset_key}' and tags.`dagster.partition` = '{partition}' "
             "and attributes.status = 'FINISHED'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
         return runs[0] if runs else None
+
+
+# Dagster run states after which none of the run's steps is still executing
+_ENDED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+
+
+def end_replaced_runs(client: Any, instance: dg.DagsterInstance, experiment_id: str, asset_key: str, partition: str,
+                      replacement: str, dagster_run_id: str) -> list[str]:
+    """End as KILLED the runs of this asset partition left RUNNING by attempts that died (a kill -9 leaves
+    no one to end them), tagged with the attempt that replaced them; return their ids.
+
+    An attempt is dead when its Dagster run has ended (a killed `grove demo`'s run is marked failed by
+    `recover_interrupted_runs` before the next one starts; Dagster's run monitoring does the same for a
+    `dagster dev` run) or when it is an earlier try of this very Dagster run (a step retry). A RUNNING run
+    of a Dagster run that is still going, or that this instance does not know, is left alone: it may be
+    a concurrent materialisation of the same partition.
+    """
+    stale = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`dagster.asset_key` = '{asset_key}' and tags.`dagster.partition` = '{partition}' "
+        "and attributes.status = 'RUNNING'",
+        max_results=1000,
+    )
+    ended = []
+    for run in stale:
+        owner = run.data.tags.get("dagster.run_id", "")
+        if run.info.run_id == replacement or not owner:
+            continue
+        owner_run = instance.get_run_by_id(owner)
+        if owner_run is None or (owner != dagster_run_id and owner_run.status not in _ENDED):
+            continue
+        client.set_tag(run.info.run_id, REPLACED_BY_RUN_TAG, replacement)
+        client.set_tag(run.info.run_id, REPLACED_BY_DAGSTER_TAG, dagster_run_id)
+        client.set_terminated(run.info.run_id, status="KILLED")
+        log.info("MLflow run %s of %s[%s] (Dagster run %s, %s) ended as KILLED: replaced by %s", run.info.run_id,
+                 asset_key, partition, owner, owner_run.status.value, replacement)
+        ended.append(run.info.run_id)
+    return ended
 
 
 def _ensure_registered_model(client: Any, name: str) -> None:

@@ -126,9 +126,8 @@ class RunLinks:
 
             try:
                 client = self.mlflow.client()
-                experiment = self.mlflow.experiment_id(client)
-                rows = comparison_rows(search_asset_runs(client, experiment, asset_key))
-                self._runs[asset_key] = {row.partition: self.mlflow.run_url(experiment, row.run_id) for row in rows}
+                rows = comparison_rows(search_asset_runs(client, self.mlflow.experiment_ids(client), asset_key))
+                self._runs[asset_key] = {row.partition: self.mlflow.run_url(row.experiment_id, row.run_id) for row in rows}
             except Exception as exc:  # an unreadable store costs the links, not the page
                 logger.warning("no MLflow links for %s: %s", asset_key, exc)
                 self._runs[asset_key] = {}

@@ -14,6 +14,7 @@ import pyarrow as pa
 import yaml
 
 from orchestration.profile import REPO_ROOT, Profile
+from orchestration.resources import RunDataset
 
 # The team that owns each group's data on disk (Dagster `owners`).
 OWNERS = {
@@ -176,3 +177,12 @@ def upstream_data_version(instance: dg.DagsterInstance, key: dg.AssetKey, partit
 def input_versions(context: dg.AssetExecutionContext, inputs: Mapping[str, tuple[dg.AssetKey, str | None]]) -> dict[str, str]:
     """MLflow tags `dvc.input.<name>`: the data versions of the inputs a run was made from."""
     return {f"dvc.input.{name}": upstream_data_version(context.instance, key, partition) for name, (key, partition) in inputs.items()}
+
+
+def input_dataset(context: dg.AssetExecutionContext, key: dg.AssetKey, partition: str | None, path: Path, usage: str,
+                  split: str | None = None) -> RunDataset:
+    """An input of the run as an MLflow dataset: named `<asset>[<partition>]:<split>`, its folder or file as
+    the source, its data version (the DVC hash, as in the `dvc.input.*` tags) as the digest, `usage` its context
+    (training, validation, evaluation)."""
+    name = key.to_user_string() + (f"[{partition}]" if partition else "") + (f":{split}" if split else "")
+    return RunDataset(name, str(path), upstream_data_version(context.instance, key, partition), usage)

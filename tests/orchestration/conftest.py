@@ -31,6 +31,8 @@ def tiny_params() -> dict:
     params["scaling"] = {"pool_split": "pool", "sizes": ["s"], "size_clips": {"s": 4}}
     for phase in ("pretrain", "finetune"):
         params["model"][phase] = {"max_steps": 1, "batch_size": 1, "warmup_steps": 1, "log_every": 1, "num_workers": 0}
+    # a training of seconds: system metrics sampled often enough that each training run has some
+    params["mlflow"] = {"system_metrics_interval_s": 0.2}
     return params
 
 

@@ -101,7 +101,7 @@ def test_models_group_trains_through_pipes_into_mlflow(lineage):
         run = mlflow.latest_run(key, partition)
         assert run.data.tags["dagster.code_version"] and run.data.tags["dvc.output"] == materialization.tags["dagster/data_version"]
         assert run.data.params["max_steps"] == "1"
-        assert mlflow.client().get_metric_history(run.info.run_id, "train/loss")  # the curve sent over Pipes
+        assert mlflow.client().get_metric_history(run.info.run_id, "train/loss")  # the curve the training process logged
     finetune_config = json.loads((paths.path("finetuned", "s") / "train_config.json").read_text())
     assert finetune_config["init"] == "../../pretrain/s"  # paths relative to the training folder: no absolute path
     assert read_train_config(paths.path("finetuned", "s")).init == str(paths.path("finetuned", "s") / "../../pretrain/s")
@@ -173,7 +173,9 @@ def test_the_demo_prints_the_table_the_plot_the_experiment_and_working_ui_comman
     (_, vidstg_columns, vidstg_rows), (_, anet_columns, anet_rows) = result.grounding
     assert vidstg_columns[0] == "msIoU" and anet_columns[0] == "F1_all"
     assert [row.label for row in vidstg_rows] == [row.label for row in anet_rows] == [row.label for row in result.rows]
-    assert f"data-scaling plot: {result.plot}" in text and f"MLflow experiment: 'grove-tiny' in sqlite:///{root}" in text
+    assert f"data-scaling plot: {result.plot}" in text and "grove-tiny/evaluation" in result.experiments
+    assert f"MLflow experiments: {', '.join(result.experiments)} in sqlite:///{root}" in text
+    assert "experiment 'grove-tiny/evaluation', Chart view, a scatter chart of METEOR/CIDEr/AP50/Recall (y) against pretrain_clips" in text
     dagster_dev, mlflow_ui = result.ui_commands()
     assert dagster_dev in text and mlflow_ui in text and mlflow_ui.endswith(f"ui --backend-store-uri sqlite:///{root / 'mlflow.db'} --port 5000")
     # The Dagster command's environment loads this very lineage: the tiny profile, its params file and runs root.

@@ -138,8 +138,8 @@ def test_mlflow_run_per_materialisation_is_tagged_with_its_lineage(tmp_path):
     assert result.success
 
     client = mlflow_resource.client()
-    experiment = client.get_experiment_by_name("grove-test")
-    assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()
+    experiment = client.get_experiment_by_name("grove-test/default")  # the concern of an asset without one: its group
+    assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri() + "/default"
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.tags["dagster.run_id"] == result.run_id
@@ -163,7 +163,7 @@ def test_mlflow_run_is_marked_failed_when_the_asset_fails(tmp_path):
     result = dg.materialize([broken], resources={"mlflow": mlflow_resource}, raise_on_error=False)
     assert not result.success
     client = mlflow_resource.client()
-    (run,) = client.search_runs([mlflow_resource.experiment_id(client)])
+    (run,) = client.search_runs([mlflow_resource.experiment_id("default", client)])
     assert run.info.status == "FAILED"
 
 
@@ -318,7 +318,7 @@ def test_pipes_log_records_are_cut_before_they_reach_the_message_file():
 
 def _open_store(root: str) -> str:
     resource = MlflowResource.local(root, experiment="grove-race")
-    return resource.experiment_id(resource.client())
+    return resource.experiment_id("race", resource.client())
 
 
 def test_processes_opening_a_new_mlflow_store_at_once_all_get_it(tmp_path):
@@ -341,8 +341,8 @@ def test_the_tracking_uri_comes_from_the_environment_when_set(tmp_path, monkeypa
     chosen = MlflowResource.from_env(tmp_path / "runs", experiment="grove-env")
     assert chosen.tracking_uri == server and chosen.artifact_location == ""
     client = chosen.client()
-    experiment = client.get_experiment(chosen.experiment_id(client))
-    assert experiment.name == "grove-env" and (tmp_path / "server.db").exists()
+    experiment = client.get_experiment(chosen.experiment_id("evaluation", client))
+    assert experiment.name == "grove-env/evaluation" and (tmp_path / "server.db").exists()
     assert not (tmp_path / "runs" / "mlflow.db").exists()
 
 

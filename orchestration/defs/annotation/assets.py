@@ -27,7 +27,7 @@ from orchestration.defs.annotation.partitions import (
     shard_spec,
 )
 from grove.io import atomic_write_json
-from orchestration.defs.common import OWNERS, code_version, input_versions, numeric_metadata, on_changed_inputs, table_preview, timed
+from orchestration.defs.common import OWNERS, code_version, input_dataset, input_versions, numeric_metadata, on_changed_inputs, table_preview, timed
 from orchestration.defs.raw_videos.assets import CATALOG, SYNTHETIC, uses_synthetic
 from orchestration.profile import Profile
 from orchestration.resources import DvcResource, MlflowResource, PipelinePaths, combine_versions, dvc_md5
@@ -213,7 +213,9 @@ def _quality_asset(profile: Profile) -> dg.AssetsDefinition:
         from annotation.quality import score_annotation
 
         out = paths.path("reports", QUALITY_REPORT)
-        with mlflow.start_run(context, params={"split": split or "all"}, tags=input_versions(context, {"pool": (POOL, None)})) as run:
+        with mlflow.start_run(context, concern="annotation", params={"split": split or "all"},
+                              tags=input_versions(context, {"pool": (POOL, None)})) as run:
+            run.log_inputs([input_dataset(context, POOL, None, paths.path("annotation"), "evaluation", split)])
             row = score_annotation(paths.path("annotation"), paths.path("synthetic"), split=split)
             atomic_write_json(out, row)
             run.log_metrics({name: row[name] for name in QUALITY_METRICS if row.get(name) is not None})

@@ -15,15 +15,16 @@ import dagster as dg
 from evaluation.bootstrap import BootstrapSettings
 from grove.io import atomic_write_json, atomic_write_text
 from orchestration.defs.benchmarks.assets import IGROUND
-from orchestration.defs.common import FT_ONLY, OWNERS, code_version, dvc_stage, input_versions, numeric_metadata, on_changed_inputs
+from orchestration.defs.common import (
+    FT_ONLY, OWNERS, code_version, dvc_stage, input_dataset, input_versions, numeric_metadata, on_changed_inputs)
 from orchestration.compare import REPORT_ARTIFACT, metric_key, mlflow_metrics, paired_difference_cells
 from orchestration.defs.evaluation.checks import metric_check_specs, report_check_results
 from orchestration.defs.models.assets import FINETUNED
 from orchestration.defs.models.partitions import variant_partitions
-from orchestration.defs.scaling.assets import SUBSET
+from orchestration.defs.scaling.assets import SUBSET, pretrain_clips, subset_clips
 from orchestration.profile import Profile
 from orchestration.report import Cell, ScalingPoint, markdown_table, plot_scaling_curve
-from orchestration.resources import DvcResource, MlflowResource, PipelinePaths, PipesLauncher
+from orchestration.resources import PRETRAIN_CLIPS, DvcResource, MlflowResource, PipelinePaths, PipesLauncher
 
 GROUP = "evaluation"
 PREDICTIONS = dg.AssetKey("iground_predictions")
@@ -46,12 +47,6 @@ def write_metrics_report(path: Path, report: dict) -> None:
 
 def metrics_database(paths: PipelinePaths) -> Path:
     return paths.path("metrics", "metrics.duckdb")
-
-
-def subset_clips(paths: PipelinePaths, size: str) -> int:
-    """How many clips the subset of `size` holds (its manifest), the x of the scaling curve."""
-    manifest = json.loads((paths.path("subsets", size) / "dataset.json").read_text())
-    return int(sum(manifest["splits"].values()))
 
 
 def variant_label(variant: str, clips: int | None) -> str:
@@ -152,7 +147,9 @@ def build(profile: Profile) -> list:
         extras = {"checkpoint": str(paths.path("finetuned", variant)), "dataset": str(paths.path("iground")),
                   "split": split, "threshold": threshold, "threads": threads, "out": str(out)}
         inputs = input_versions(context, {"model": (FINETUNED, variant), "iground": (IGROUND, None)})
-        with mlflow.start_run(context, params=extras, tags=inputs) as run:
+        with mlflow.start_run(context, concern="inference", params=extras, tags=inputs) as run:
+            run.log_axis(PRETRAIN_CLIPS, pretrain_clips(paths, variant))
+            run.log_inputs([input_dataset(context, IGROUND, None, paths.path("iground"), "evaluation", split)])
             invocation = launcher.run(context, module="orchestration.pipes_infer", extras=extras, nproc=1)
             reported = invocation.get_materialize_result()
             version = dvc.record(dvc_stage("predict", variant), [out])
@@ -186,8 +183,12 @@ def build(profile: Profile) -> list:
         inputs = input_versions(context, {"predictions": (PREDICTIONS, variant), "iground": (IGROUND, None)})
         params = {"protocol": "official", "protocols": ",".join(protocols), "split": split, "threshold": threshold,
                   **{f"bootstrap.{k}": v for k, v in bootstrap.to_dict().items() if k != "method"}}
-        with mlflow.start_run(context, params=params, tags=inputs) as run:
-            report = evaluate_iground_files(paths.path("iground"), paths.path("predictions", f"{variant}.json"), split, protocols)
+        predictions = paths.path("predictions", f"{variant}.json")
+        with mlflow.start_run(context, concern="evaluation", params=params, tags=inputs) as run:
+            run.log_axis(PRETRAIN_CLIPS, pretrain_clips(paths, variant))
+            run.log_inputs([input_dataset(context, PREDICTIONS, variant, predictions, "evaluation"),
+                            input_dataset(context, IGROUND, None, paths.path("iground"), "evaluation", split)])
+            report = evaluate_iground_files(paths.path("iground"), predictions, split, protocols)
             add_intervals(report, bootstrap)
             out = metrics_file(paths, variant)
             written = report.to_dict()
@@ -227,7 +228,7 @@ def build(profile: Profile) -> list:
     )
     def data_scaling_curve(context: dg.AssetExecutionContext, paths: PipelinePaths, mlflow: MlflowResource, dvc: DvcResource) -> dg.MaterializeResult:
         plot, table = write_curve(profile, paths)
-        with mlflow.start_run(context, params={"metrics": ",".join(metrics), "sizes": ",".join(profile.sizes)}) as run:
+        with mlflow.start_run(context, concern="reports", params={"metrics": ",".join(metrics), "sizes": ",".join(profile.sizes)}) as run:
             run.log_artifact(plot, "reports")
             run.log_artifact(table, "reports")
             version = dvc.record("curve", [plot, table])

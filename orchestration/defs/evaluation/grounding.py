@@ -22,13 +22,14 @@ import dagster as dg
 
 from grove.io import atomic_write_text
 from orchestration.defs.benchmarks.assets import benchmark_key, benchmark_source
-from orchestration.defs.common import FT_ONLY, OWNERS, code_version, input_versions, numeric_metadata, on_changed_inputs
+from orchestration.defs.common import FT_ONLY, OWNERS, code_version, input_dataset, input_versions, numeric_metadata, on_changed_inputs
 from orchestration.compare import metric_key, mlflow_metrics
 from orchestration.defs.evaluation.checks import metric_check_specs, report_check_results
 from orchestration.defs.models.assets import FINETUNED
 from orchestration.defs.models.partitions import variant_partitions
+from orchestration.defs.scaling.assets import pretrain_clips, subset_clips
 from orchestration.profile import Profile
-from orchestration.resources import DvcResource, MlflowResource, PipelinePaths, PipesLauncher
+from orchestration.resources import PRETRAIN_CLIPS, DvcResource, MlflowResource, PipelinePaths, PipesLauncher
 
 GROUP = "evaluation"
 BENCHMARKS = ("vidstg", "anet_entities")
@@ -76,14 +77,6 @@ def headline_metrics(profile: Profile, name: str) -> list[str]:
     if name == "vidstg":
         return ["msIoU", *(VIDSTG_TEMPORAL if temporal_of(profile, name) else [])]
     return list(ANET_HEADLINE)
-
-
-def subset_clips(paths: PipelinePaths, variant: str) -> int | None:
-    """Pre-training clips of a variant (its subset's manifest); None for FT-only."""
-    if variant == FT_ONLY:
-        return None
-    manifest = json.loads((paths.path("subsets", variant) / "dataset.json").read_text())
-    return int(sum(manifest["splits"].values()))
 
 
 def evaluate(profile: Profile, paths: PipelinePaths, name: str, variant: str) -> Any:
@@ -184,7 +177,9 @@ def _benchmark_assets(profile: Profile, name: str) -> list:
         out = predictions_file(paths, name, variant)
         extras = prediction_extras(profile, paths, name, variant)
         inputs = input_versions(context, {"model": (FINETUNED, variant), name: (benchmark, None)})
-        with mlflow.start_run(context, params=extras, tags=inputs) as run:
+        with mlflow.start_run(context, concern="inference", params=extras, tags=inputs) as run:
+            run.log_axis(PRETRAIN_CLIPS, pretrain_clips(paths, variant))
+            run.log_inputs([input_dataset(context, benchmark, None, Path(extras["dataset"]), "evaluation", split)])
             invocation = launcher.run(context, module="orchestration.pipes_benchmarks", extras=extras, nproc=1)
             reported = invocation.get_materialize_result()
             version = dvc.record(dvc_grounding_stage("predict", name, variant), [out])
@@ -220,11 +215,14 @@ def _benchmark_assets(profile: Profile, name: str) -> list:
         variant = context.partition_key
         inputs = input_versions(context, {"predictions": (predictions_key(name), variant), name: (benchmark, None)})
         settings = {key: value for key, value in dict(profile.get(f"benchmarks.{name}")).items() if not isinstance(value, dict)}
-        with mlflow.start_run(context, params={"split": split, **settings}, tags=inputs) as run:
+        with mlflow.start_run(context, concern="evaluation", params={"split": split, **settings}, tags=inputs) as run:
+            run.log_axis(PRETRAIN_CLIPS, pretrain_clips(paths, variant))
+            run.log_inputs([input_dataset(context, predictions_key(name), variant, predictions_file(paths, name, variant), "evaluation"),
+                            input_dataset(context, benchmark, None, paths.path("benchmarks", name), "evaluation", split)])
             report, written = write_metrics(profile, paths, name, variant)
             out = metrics_file(paths, name, variant)
             record_report(paths.path("metrics", "metrics.duckdb"), report, checkpoint=f"{profile.name}:{variant}",
-                          pretrain_size=subset_clips(paths, variant))
+                          pretrain_size=None if variant == FT_ONLY else subset_clips(paths, variant))
             logged = {mlflow_metric(key): value for key, value in mlflow_metrics(written).items()}
             run.log_metrics(logged)
             run.log_dict(written, f"{name}_report.json")

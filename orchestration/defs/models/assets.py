@@ -2,23 +2,25 @@
 
 Training runs as a subprocess launched through Dagster Pipes (`torchrun` with the profile's
 processes per node; on a cluster the launcher resource is swapped for Slurm or Kubernetes). Every
-materialisation is one MLflow run: the training config as params, the loss curves the Pipes
-process reports, the run's small files as artifacts, and the DVC hashes of its data as tags.
+materialisation is one MLflow run (experiment `<prefix>/pretraining` or `/finetuning`): the training
+config and the pre-training clips as params, the loss curves and system metrics that the training
+process logs to the run while it trains, its data as dataset inputs (the DVC hash as the digest; also
+as tags), and the run's small files as artifacts.
 """
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import dagster as dg
 
 from orchestration.defs.benchmarks.assets import IGROUND
-from orchestration.defs.common import FT_ONLY, OWNERS, code_version, dvc_stage, input_versions, on_changed_inputs
+from orchestration.defs.common import FT_ONLY, OWNERS, code_version, dvc_stage, input_dataset, input_versions, on_changed_inputs
 from orchestration.defs.models.partitions import pretrained_of_variant, variant_partitions
 from orchestration.defs.raw_videos.assets import external_folder
-from orchestration.defs.scaling.assets import SUBSET
+from orchestration.defs.scaling.assets import SUBSET, pretrain_clips
 from orchestration.defs.scaling.partitions import size_partitions
 from orchestration.profile import Profile
-from orchestration.resources import DvcResource, MlflowResource, PipelinePaths, PipesLauncher
+from orchestration.resources import PRETRAIN_CLIPS, DvcResource, MlflowResource, PipelinePaths, PipesLauncher, RunDataset
 
 GROUP = "models"
 PRETRAINED = dg.AssetKey("pretrained_model")
@@ -58,13 +60,19 @@ def train_through_pipes(
     config: Mapping[str, Any],
     inputs: Mapping[str, tuple[dg.AssetKey, str | None]],
     stage: str,
+    concern: str,
+    clips: int,
+    datasets: Sequence[RunDataset],
 ) -> dg.MaterializeResult:
-    """Train in a Pipes subprocess inside one MLflow run; the DVC hash of the output is the data version."""
+    """Train in a Pipes subprocess inside one MLflow run of `concern`'s experiment, which the training process
+    logs its curves to; `clips`: the pre-training clips behind the model. The DVC hash of the output is the data version."""
     out = Path(config["out_dir"])
     input_hashes = input_versions(context, inputs)
-    with mlflow.start_run(context, params=config, tags=input_hashes) as run:
-        invocation = launcher.run(context, module="orchestration.pipes_train", extras={"train_config": dict(config)})
-        run.log_history((message["step"], message["metrics"]) for message in invocation.get_custom_messages())
+    with mlflow.start_run(context, concern=concern, params=config, tags=input_hashes) as run:
+        run.log_axis(PRETRAIN_CLIPS, clips)
+        run.log_inputs(datasets)
+        extras = {"train_config": dict(config), "mlflow": mlflow.pipes_extras(run)}
+        invocation = launcher.run(context, module="orchestration.pipes_train", extras=extras)
         reported = invocation.get_materialize_result()
         for name in TRAINING_FILES:
             if (out / name).exists():
@@ -109,8 +117,10 @@ def build(profile: Profile) -> list:
             profile, "pretrain", train_data=str(subset), out_dir=str(paths.path("pretrained", size)),
             train_split=pool_split or "all", init=start_from(profile),
         )
+        training_data = input_dataset(context, SUBSET, size, subset, "training", split=pool_split)
         return train_through_pipes(
-            context, launcher=launcher, mlflow=mlflow, dvc=dvc, config=config, inputs={"subset": (SUBSET, size)}, stage=dvc_stage("pretrain", size)
+            context, launcher=launcher, mlflow=mlflow, dvc=dvc, config=config, inputs={"subset": (SUBSET, size)},
+            stage=dvc_stage("pretrain", size), concern="pretraining", clips=pretrain_clips(paths, size), datasets=[training_data],
         )
 
     @dg.asset(
@@ -146,8 +156,10 @@ def build(profile: Profile) -> list:
             val_split="val",
             init=str(init) if init else None,
         )
+        datasets = [input_dataset(context, IGROUND, None, benchmark, usage, split) for usage, split in (("training", "train"), ("validation", "val"))]
         return train_through_pipes(
-            context, launcher=launcher, mlflow=mlflow, dvc=dvc, config=config, inputs=inputs, stage=dvc_stage("finetune", variant)
+            context, launcher=launcher, mlflow=mlflow, dvc=dvc, config=config, inputs=inputs, stage=dvc_stage("finetune", variant),
+            concern="finetuning", clips=pretrain_clips(paths, variant), datasets=datasets,
         )
 
     return [pretrained_model, finetuned_model]

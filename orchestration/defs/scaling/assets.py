@@ -1,10 +1,12 @@
 """Nested, seeded subsets of the auto-annotated pool, one partition per pre-training size."""
 
+import json
+
 import dagster as dg
 
 from orchestration.defs.annotation.assets import POOL
 from orchestration.defs.raw_videos.assets import pool_videos_root
-from orchestration.defs.common import OWNERS, code_version, numeric_metadata, on_changed_inputs, timed
+from orchestration.defs.common import FT_ONLY, OWNERS, code_version, numeric_metadata, on_changed_inputs, timed
 from orchestration.defs.scaling.partitions import size_partitions
 from orchestration.defs.scaling.subsets import SubsetSummary, write_subset
 from orchestration.profile import Profile
@@ -25,6 +27,17 @@ def write_profile_subset(profile: Profile, paths: PipelinePaths, size: str) -> S
         # The annotated pool's video paths are those of the catalog: relative to its videos root.
         video_root=pool_videos_root(profile, paths),
     )
+
+
+def subset_clips(paths: PipelinePaths, size: str) -> int:
+    """How many clips the subset of `size` holds (its manifest), the x of the scaling curve."""
+    manifest = json.loads((paths.path("subsets", size) / "dataset.json").read_text())
+    return int(sum(manifest["splits"].values()))
+
+
+def pretrain_clips(paths: PipelinePaths, variant: str) -> int:
+    """The pre-training clips behind a model variant (a size, or FT-only: 0), as its MLflow runs log them."""
+    return 0 if variant == FT_ONLY else subset_clips(paths, variant)
 
 
 def build(profile: Profile) -> list:
