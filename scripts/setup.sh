@@ -25,18 +25,37 @@ if ! command -v java >/dev/null 2>&1; then
   fi
 fi
 
+# An optional system package: installed from Debian's archive when this runs as root with apt-get, else a note
+# saying how. $1: the package; $2: what is missing; $3: what it is for; $4: what happens without it.
+install_optional() {
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: $2; installing Debian's $1 ($3)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$1" >/dev/null; } \
+      || echo "setup: note: installing $1 failed; $4" >&2
+  else
+    echo "setup: note: $2, so $4." >&2
+    echo "       To install it:  sudo apt-get install -y $1" >&2
+  fi
+}
+
 # torchcodec, one of the video backends, loads FFmpeg's shared libraries from the system (PyAV and
 # decord bundle their own). It is optional: without FFmpeg it reports itself unavailable, the rest runs.
 has_ffmpeg_libs() { { ldconfig -p 2>/dev/null || /sbin/ldconfig -p 2>/dev/null; } | grep -q 'libavcodec\.so\.'; }
 if ! has_ffmpeg_libs; then
-  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: no FFmpeg libraries; installing Debian's ffmpeg (for the torchcodec video backend)"
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null; } \
-      || echo "setup: note: installing ffmpeg failed; the torchcodec backend stays off (PyAV and decord work)" >&2
-  else
-    echo "setup: note: FFmpeg's shared libraries are missing, so the torchcodec video backend is off" >&2
-    echo "       (PyAV and decord still decode). To enable it:  sudo apt-get install -y ffmpeg" >&2
-  fi
+  install_optional ffmpeg "no FFmpeg libraries" "for the torchcodec video backend" \
+    "the torchcodec video backend stays off (PyAV and decord still decode)"
+fi
+
+# The browser tests (tests/browser) drive a Chromium through Playwright, the system's: Playwright's own
+# browser download needs the network. They are skipped, saying why, where there is none.
+has_chromium() {
+  [ -n "${GROVE_CHROMIUM:-}" ] && return 0
+  for name in chromium chromium-headless-shell chromium-browser; do command -v "$name" >/dev/null 2>&1 && return 0; done
+  return 1
+}
+if ! has_chromium; then
+  install_optional chromium "no Chromium on PATH" "for the browser tests, tests/browser" \
+    "the browser tests (tests/browser) are skipped (GROVE_CHROMIUM may name a Chromium executable instead)"
 fi
 
 stamp_of() { cat "$@" | sha256sum | cut -c1-16; }

@@ -5,8 +5,6 @@ also a DVC repository."""
 
 from __future__ import annotations
 
-import shutil
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from tests.faults.harness import (
     under,
     write_params,
 )
+from tests.runs_copy import copy_runs_root
 
 
 @dataclass(frozen=True)
@@ -41,13 +40,7 @@ class Base:
         """A runs root holding the uninterrupted run's data, Dagster history, MLflow store (its artifact
         locations moved to the copy) and DVC repository with an empty cache (so that a commit writes
         what it wrote in the uninterrupted run)."""
-        left_out = {self.root / name for name in (STEP_MARKS, ".dvc/cache")}
-        shutil.copytree(self.root, dest, symlinks=True, ignore=lambda folder, names: [n for n in names if Path(folder, n) in left_out])
-        old, new = self.root.resolve().as_uri(), dest.resolve().as_uri()
-        with sqlite3.connect(dest / "mlflow.db") as db:
-            db.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)", (old, new))
-            db.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (old, new))
-        return dest
+        return copy_runs_root(self.root, dest, left_out=(STEP_MARKS, ".dvc/cache"))
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,12 @@
-"""Fixtures of the orchestration tests: a quick temporary Dagster instance, and the tiny profile's lineage."""
+"""Fixtures of the orchestration tests: a quick temporary Dagster instance, and the tiny profile's params."""
 
 import copy
 
 import dagster as dg
 import pytest
-import yaml
 
-from orchestration.demo import instance_settings, run_demo
-from orchestration.profile import PARAMS_FILE, load_profile, read_params
+from orchestration.demo import instance_settings
+from orchestration.profile import PARAMS_FILE, read_params
 
 TINY = "tiny"
 
@@ -36,16 +35,5 @@ def tiny_params() -> dict:
     return params
 
 
-@pytest.fixture(scope="session")
-def tiny_profile(tmp_path_factory):
-    """A params.yaml holding only the tiny profile, loaded."""
-    folder = tmp_path_factory.mktemp("params")
-    (folder / "params.yaml").write_text(yaml.safe_dump({"profile": TINY, TINY: tiny_params()}))
-    return load_profile(TINY, folder / "params.yaml")
-
-
-@pytest.fixture(scope="session")
-def tiny_demo(tiny_profile, tmp_path_factory):
-    """`grove demo`'s whole lineage on the tiny profile, once for the session: (result, runs root)."""
-    root = tmp_path_factory.mktemp("runs")
-    return run_demo(tiny_profile, root=root), root
+# `tiny_profile` and `tiny_demo` (the lineage of these params) are in tests/conftest.py: one run a session,
+# shared by every test folder (tests/browser opens its UIs).
