@@ -23,7 +23,7 @@ from orchestration.defs.models import assets as model_assets
 from orchestration.defs.raw_videos import assets as raw_video_assets
 from orchestration.defs.reports import assets as report_assets
 from orchestration.defs.scaling import assets as scaling_assets
-from orchestration.profile import REPO_ROOT, Profile, load_profile, runs_root
+from orchestration.profile import REPO_ROOT, Profile, ProfileError, load_profile, runs_root
 from orchestration.resources import DvcResource, MlflowResource, PipelinePaths, TorchrunLauncher
 
 DVC_PROFILE = "demo"  # the profile dvc.yaml's stages describe (paths under runs/demo)
@@ -35,10 +35,16 @@ def experiment_name(profile: Profile) -> str:
     return str(profile.get("mlflow.experiment", f"grove-{profile.name}"))
 
 
-def mlflow_settings(profile: Profile) -> dict[str, float]:
-    """The profile's `mlflow` settings of MlflowResource besides the experiment (e.g. system_metrics_interval_s)."""
+def mlflow_settings(profile: Profile) -> dict[str, Any]:
+    """The profile's `mlflow` settings of MlflowResource besides the experiment (e.g. system_metrics_interval_s, log_models)."""
     fields = ("system_metrics_interval_s", "metrics_flush_s")
-    return {name: float(profile.get(f"mlflow.{name}")) for name in fields if profile.get(f"mlflow.{name}", None) is not None}
+    settings: dict[str, Any] = {name: float(profile.get(f"mlflow.{name}")) for name in fields if profile.get(f"mlflow.{name}", None) is not None}
+    log_models = profile.get("mlflow.log_models", None)
+    if log_models is not None:
+        if not isinstance(log_models, bool):
+            raise ProfileError(f"{profile.params_file}: profile '{profile.name}': mlflow.log_models must be true or false, not {log_models!r}")
+        settings["log_models"] = log_models
+    return settings
 
 
 def dvc_enabled(profile: Profile, root: Path) -> bool:

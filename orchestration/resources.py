@@ -160,6 +160,8 @@ class TrackedRun:
             self.client.log_inputs(self.run_id, datasets=inputs)
 
 
+LOGGED_MODEL_TAG = "grove.model_id"  # the id of the MLflow LoggedModel a run logged, or a registered version holds
+
 
 class MlflowResource(dg.ConfigurableResource):
     """MLflow tracking: one run per materialisation of a model or evaluation asset partition, in the
@@ -176,6 +178,9 @@ class MlflowResource(dg.ConfigurableResource):
     experiment: str = Field(description="prefix of the experiments' names: `<experiment>/<concern>`")
     ui_url: str = "http://127.0.0.1:5000"
     registered_model: str = "grove"
+    log_models: bool = Field(
+        default=True, description="log each trained checkpoint as an MLflow model (params.yaml `mlflow.log_models`); "
+        "off, the champion logs only the model it registers")
     system_metrics_interval_s: float = Field(
         default=10.0, ge=0, description="seconds between the system metrics samples of a training process (0: none)")
     metrics_flush_s: float = Field(
@@ -295,12 +300,27 @@ class MlflowResource(dg.ConfigurableResource):
             raise
         client.set_terminated(tracked.run_id, status="FINISHED")
 
-    def register(self, run_id: str, source: str, alias: str, tags: Mapping[str, str] | None = None) -> str:
-        """Register `source` (a `runs:/` artifact URI, or a checkpoint folder's URI) as a new version of
-        the registered model, made by `run_id`, and point `alias` at it (aliases, not the deprecated stages)."""
+    def register(self, model_id: str, alias: str, tags: Mapping[str, str] | None = None) -> str:
+        """Register the logged model `model_id` (an MLflow 3 LoggedModel, orchestration.mlflow_model) as a new
+        version of the registered model, made by the run that logged it, and point `alias` at it (aliases,
+        not the deprecated stages). A version's artifacts are the logged model's own copy: retraining logs
+        another model and never changes what an older version loads.
+
+        The version's source is the logged model's artifact location, the location MLflow resolves
+        `models:/<model_id>` to: MLflow's SQLite registry resolves a `models:/` source through the process's
+        default tracking URI instead of this client's (a TODO in its sqlalchemy store), so it would look in
+        another store; MLflow's own client registers the artifact location the same way for registries that
+        take no `models:/` source. A tracking server links the version to `model_id`; MLflow's SQLite registry
+        keeps no such link, so the version's tag `LOGGED_MODEL_TAG` names the logged model too."""
+        from mlflow.entities import LoggedModelStatus
+
         client = self.client()
+        logged = client.get_logged_model(model_id)
+        if logged.status != LoggedModelStatus.READY:
+            raise ValueError(f"logged model {model_id} ({logged.artifact_location}) is {logged.status}, not READY: not registered")
         _ensure_registered_model(client, self.registered_model)
-        version = client.create_model_version(self.registered_model, source=source, run_id=run_id, tags=dict(tags or {}))
+        version = client.create_model_version(self.registered_model, source=logged.artifact_location, run_id=logged.source_run_id,
+                                              model_id=model_id, tags={**dict(tags or {}), LOGGED_MODEL_TAG: model_id})
         client.set_registered_model_alias(self.registered_model, alias, version.version)
         return str(version.version)
 

@@ -15,6 +15,7 @@ import yaml
 
 from orchestration.profile import REPO_ROOT
 from orchestration.resources import (
+    LOGGED_MODEL_TAG,
     DvcResource,
     K8sLauncher,
     LauncherError,
@@ -131,7 +132,11 @@ def test_mlflow_run_per_materialisation_is_tagged_with_its_lineage(tmp_path):
             report = tmp_path / "report.json"
             report.write_text("{}")
             run.log_artifact(report, "reports")
-            version = mlflow.register(run.run_id, f"runs:/{run.run_id}/reports", alias="champion")
+            model = run.client.create_logged_model(run.experiment_id, name="model", source_run_id=run.run_id)
+            with pytest.raises(ValueError, match=f"logged model {model.model_id} .* is PENDING, not READY: not registered"):
+                mlflow.register(model.model_id, alias="champion")
+            run.client.finalize_logged_model(model.model_id, "READY")
+            version = mlflow.register(model.model_id, alias="champion")
         return dg.MaterializeResult(metadata={"mlflow_run": dg.MetadataValue.url(run.url), "version": version})
 
     result = dg.materialize([tracked], resources={"mlflow": mlflow_resource}, partition_key="large")
@@ -149,7 +154,10 @@ def test_mlflow_run_per_materialisation_is_tagged_with_its_lineage(tmp_path):
     assert run.data.tags["dvc.input"] == "abc.dir"
     assert run.data.params["model.config"] == "tiny"
     assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [2.0, 1.5]
-    assert client.get_model_version_by_alias("grove", "champion").run_id == run.info.run_id
+    champion = client.get_model_version_by_alias("grove", "champion")
+    (model,) = client.search_logged_models([experiment.experiment_id])
+    assert champion.run_id == run.info.run_id and champion.tags[LOGGED_MODEL_TAG] == model.model_id
+    assert champion.source == model.artifact_location
 
 
 def test_mlflow_run_is_marked_failed_when_the_asset_fails(tmp_path):

@@ -20,6 +20,7 @@ from orchestration.defs.common import (
 from orchestration.compare import REPORT_ARTIFACT, metric_key, mlflow_metrics, paired_difference_cells
 from orchestration.defs.evaluation.checks import metric_check_specs, report_check_results
 from orchestration.defs.models.assets import FINETUNED
+from orchestration.defs.models.logged import example_video, model_to_register
 from orchestration.defs.models.partitions import variant_partitions
 from orchestration.defs.scaling.assets import SUBSET, pretrain_clips, subset_clips
 from orchestration.profile import Profile
@@ -254,7 +255,8 @@ def build(profile: Profile) -> list:
         code_version=code_version(profile, "1", "evaluation.champion_metric"),
         automation_condition=on_changed_inputs(),
         description=f"The fine-tuned model with the best iGround {champion_metric}, registered in the MLflow "
-        "model registry under the alias 'champion'.",
+        "model registry under the alias 'champion': the GROVE MLflow model its training run logged (or, with "
+        "`mlflow.log_models` off, the one this asset logs), loadable as `models:/<name>@champion`.",
     )
     def champion_model(context: dg.AssetExecutionContext, paths: PipelinePaths, mlflow: MlflowResource) -> dg.MaterializeResult:
         from grove.train import resolve_checkpoint
@@ -267,13 +269,16 @@ def build(profile: Profile) -> list:
         checkpoint = resolve_checkpoint(paths.path("finetuned", best))
         with mlflow.start_run(context, params={"metric": champion_metric, "chosen": best}) as run:
             run.log_metrics({f"{champion_metric}.{p}": v for p, v in scores.items() if v is not None})
-            version = mlflow.register(trained.info.run_id, checkpoint.resolve().as_uri(), alias="champion",
-                                      tags={"partition": best, champion_metric: str(scores[best])})
-            run.set_tags({"registered_version": version})
+            model_id, logged_by = model_to_register(mlflow, run, trained.info.run_id, checkpoint,
+                                                    example=example_video(paths.path("iground")), work_dir=paths.path("finetuned", best))
+            version = mlflow.register(model_id, alias="champion",
+                                      tags={"partition": best, champion_metric: str(scores[best]), "training_run": trained.info.run_id})
+            run.set_tags({"registered_version": version, "registered_model_id": model_id})
         return dg.MaterializeResult(
             metadata={"chosen": best, champion_metric: float(scores[best]), "registered_model": mlflow.registered_model,
-                      "version": version, "checkpoint": dg.MetadataValue.path(str(checkpoint)),
-                      "mlflow_run": dg.MetadataValue.url(run.url)}
+                      "version": version, "model_uri": f"models:/{mlflow.registered_model}@champion",
+                      "logged_model": f"models:/{model_id}", "logged_by": logged_by,
+                      "checkpoint": dg.MetadataValue.path(str(checkpoint)), "mlflow_run": dg.MetadataValue.url(run.url)}
         )
 
     return [iground_predictions, iground_metrics, data_scaling_curve, champion_model]

@@ -15,6 +15,7 @@ import dagster as dg
 
 from orchestration.defs.benchmarks.assets import IGROUND
 from orchestration.defs.common import FT_ONLY, OWNERS, code_version, dvc_stage, input_dataset, input_versions, on_changed_inputs
+from orchestration.defs.models.logged import log_trained_model
 from orchestration.defs.models.partitions import pretrained_of_variant, variant_partitions
 from orchestration.defs.raw_videos.assets import external_folder
 from orchestration.defs.scaling.assets import SUBSET, pretrain_clips
@@ -82,9 +83,11 @@ def train_through_pipes(
         run.set_tags({"dvc.output": version, "checkpoint": checkpoint})
         finals = {name: reported.metadata[name].value for name in ("final_train_loss", "best_val_loss") if name in reported.metadata}
         run.log_metrics(finals, step=int(reported.metadata["steps"].value))
+        logged_model = log_trained_model(mlflow, run, checkpoint, step=int(reported.metadata["steps"].value), config=dict(config))
     metadata = {
         **reported.metadata,
         "mlflow_run": dg.MetadataValue.url(run.url),
+        **logged_model,
         "path": dg.MetadataValue.path(str(out)),
         **{key: dg.MetadataValue.text(value) for key, value in input_hashes.items()},
     }
