@@ -100,7 +100,9 @@ def test_a_newer_version_leaves_what_an_older_one_loads(store, checkpoint, other
     assert (first, second) == ("1", "2")
 
     name = resource.registered_model
-    old = mlflow.pyfunc.load_model(f"models:/{name}/{first}").unwrap_python_model().model.trainable_state_dict()
+    old_model = mlflow.pyfunc.load_model(f"models:/{name}/{first}", model_config={"device": "cpu"}).unwrap_python_model().model
+    assert old_model.device.type == "cpu"  # the device a loader asks for (default: a GPU when there is one)
+    old = old_model.trainable_state_dict()
     new = mlflow.pyfunc.load_model(f"models:/{name}@champion").unwrap_python_model().model.trainable_state_dict()
     assert all(torch.equal(old[key], original[key]) for key in original)
     assert all(torch.equal(new[key], original[key] + 0.5) for key in original)
