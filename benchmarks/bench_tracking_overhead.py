@@ -10,6 +10,9 @@ validation at the end) on its train split with `grove.train.train`, in this proc
 and round; rounds interleave the variants so that a machine shared with other work slows them alike.
 Each tracked variant logs to a run of its own in OUT/mlflow.db, as the training assets do. Prints the
 median wall and CPU seconds of each variant and its ratio to the untracked training (1.00: no cost).
+Then the monitor alone, sampling every second for --idle-s seconds beside no training: its CPU seconds
+per sample (psutil, MLflow's run-status check and its log_batch), a cost that does not depend on how
+busy the machine is (a shared machine blurs the trainings' differences; `--repeats` helps).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from grove.data.synthetic import config_from_params, generate_dataset  # noqa: E402
 from grove.train import TrainConfig, train  # noqa: E402
-from orchestration.pipes_mlflow import RemoteRun, tracked_metrics  # noqa: E402
+from orchestration.pipes_mlflow import RemoteRun, system_metrics_monitor, tracked_metrics  # noqa: E402
 from orchestration.profile import load_profile  # noqa: E402
 from orchestration.resources import MlflowResource  # noqa: E402
 
@@ -43,11 +46,25 @@ def one_training(config: TrainConfig, remote: RemoteRun | None) -> tuple[float, 
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def monitor_cost(mlflow: MlflowResource, client: object, experiment: str, seconds: float) -> tuple[int, float]:
+    """(samples, CPU s of this process) of the system metrics monitor sampling every second for `seconds`."""
+    run = client.create_run(experiment, tags={"mlflow.runName": "monitor alone"})
+    remote = RemoteRun(mlflow.tracking_uri, run.info.run_id, system_metrics_interval_s=1.0)
+    cpu = time.process_time()
+    monitor = system_metrics_monitor(remote)
+    time.sleep(seconds)
+    monitor.finish()
+    cpu = time.process_time() - cpu
+    client.set_terminated(run.info.run_id)
+    return len(client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")), cpu
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_tracking")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the demo fine-tuning's)")
     parser.add_argument("--repeats", type=int, default=2, help="rounds over the variants")
+    parser.add_argument("--idle-s", type=float, default=60.0, help="seconds of the monitor alone (0: skip)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -63,6 +80,8 @@ def main() -> None:
     client = mlflow.client()
     experiment = mlflow.experiment_id("overhead", client)
 
+    # the first training of a process pays for first imports and caches: a short one, not timed, pays it
+    one_training(replace(base, out_dir=str(args.out / "warm-up"), max_steps=2, eval_every=2), None)
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in VARIANTS}
     for round_ in range(args.repeats):
         for index, (name, interval) in enumerate(VARIANTS.items()):
@@ -83,6 +102,11 @@ def main() -> None:
     for name, measured in times.items():
         wall, cpu = statistics.median(w for w, _ in measured), statistics.median(c for _, c in measured)
         print(f"{name:<22} {wall:8.1f} {wall / wall0:6.3f} {cpu:8.1f} {cpu / cpu0:6.3f}")
+    if args.idle_s > 0:
+        samples, cpu = monitor_cost(mlflow, client, experiment, args.idle_s)
+        per_sample = cpu / max(samples, 1)
+        print(f"\nsystem metrics monitor alone: {samples} samples in {args.idle_s:.0f} s, {1000 * per_sample:.1f} ms CPU a sample: "
+              f"{100 * per_sample / 10:.2f}% of one core at the default 10 s, {100 * per_sample:.2f}% at 1 s")
 
 
 if __name__ == "__main__":
