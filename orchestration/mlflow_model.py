@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
+import socket
 import tempfile
 from importlib import metadata as package_metadata
 from pathlib import Path
@@ -149,6 +151,37 @@ def save_grove_model(
     return path
 
 
+WORK_PREFIX = ".tmp-grove-model-"
+
+
+def work_prefix() -> str:
+    """The name start of this process's work folders: which process on which host made them."""
+    return f"{WORK_PREFIX}{os.getpid()}@{socket.gethostname()}-"
+
+
+def remove_abandoned_work(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the work folders that processes of this host left when killed (a self-contained 7B model is
+    tens of GB); a live process's folder, or another host's, stays. Returns what was removed."""
+    removed = []
+    for path in Path(folder).glob(f"{WORK_PREFIX}*"):
+        owner = path.name[len(WORK_PREFIX):].split("-", 1)[0]
+        pid, _, host = owner.partition("@")
+        if pid.isdigit() and host == socket.gethostname() and not _process_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def log_grove_model(
     client: Any,
     *,
@@ -176,7 +209,9 @@ def log_grove_model(
         from mlflow.entities import LoggedModelOutput
 
         client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step)])
-        with tempfile.TemporaryDirectory(prefix=".tmp-grove-model-", dir=work_dir) as work:
+        if work_dir is not None:
+            remove_abandoned_work(work_dir)
+        with tempfile.TemporaryDirectory(prefix=work_prefix(), dir=work_dir) as work:
             description = Model(artifact_path=logged.artifact_location, run_id=run_id, model_uuid=logged.model_id, model_id=logged.model_id)
             local = save_grove_model(checkpoint, Path(work) / "model", example_video=example_video, mlflow_model=description,
                                      metadata={"step": step})

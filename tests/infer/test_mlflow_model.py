@@ -142,3 +142,16 @@ def test_mlflow_models_serve_answers_with_what_grove_infers(store, checkpoint, o
         server.wait(timeout=30)
         log.close()
     assert served == [infer_video(load_model(checkpoint), other_video, 0.3).to_json()]
+
+
+def test_work_folders_of_killed_loggers_are_removed_and_live_ones_kept(tmp_path):
+    from orchestration.mlflow_model import remove_abandoned_work, work_prefix
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    abandoned = tmp_path / work_prefix().replace(str(os.getpid()), dead.stdout.strip(), 1)
+    live = tmp_path / f"{work_prefix()}abc"
+    elsewhere = tmp_path / f".tmp-grove-model-{dead.stdout.strip()}@another-host-xyz"
+    for folder in (abandoned, live, elsewhere):
+        (folder / "model").mkdir(parents=True)
+    assert remove_abandoned_work(tmp_path) == [abandoned]
+    assert live.exists() and elsewhere.exists()
