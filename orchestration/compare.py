@@ -40,9 +40,9 @@ class ComparisonRow:
     run_id: str
     start_time: int
     code_version: str
-    experiment_id: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
+    experiment_id: str = ""
 
 
 def metric_key(name: str, preset: str | None = None, bound: str | None = None) -> str:
