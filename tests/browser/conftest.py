@@ -148,7 +148,7 @@ def stop(supervisor: subprocess.Popen, log: Path) -> None:
     assert code == 0, f"`grove ui` stopped with code {code}; its output: {log}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chromium() -> str:
     """The Chromium executable, and Playwright importable; else the browser tests are skipped (before the lineage runs)."""
     pytest.importorskip("playwright.sync_api", reason="Playwright is missing: pip install -e '.[test]'")
@@ -158,9 +158,10 @@ def chromium() -> str:
     return executable
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def uis(chromium: str, tiny_demo: tuple[Any, Path], tiny_profile: Profile, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Uis]:
-    """`grove ui` on a copy of the tiny lineage, on free ports of 127.0.0.1, until the session ends."""
+    """`grove ui` on a copy of the tiny lineage, on free ports of 127.0.0.1, until the browser tests are done (package scope:
+    the servers and Playwright's event loop must not outlive them, later tests call asyncio.run())."""
     _, lineage = tiny_demo
     folder = tmp_path_factory.mktemp("browser")
     root = copy_runs_root(lineage, folder / "runs")
@@ -183,7 +184,7 @@ def uis(chromium: str, tiny_demo: tuple[Any, Path], tiny_profile: Profile, tmp_p
         stop(supervisor, log)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(chromium: str) -> Iterator[Any]:
     from playwright.sync_api import expect, sync_playwright
 
