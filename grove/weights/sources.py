@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import torch
 from safetensors import SafetensorError, safe_open
 
-from grove.io import UnsafePathError, contained_path
+from grove.io import UnsafePathError, contained_path, read_optional_json
 
 logger = logging.getLogger(__name__)
 
@@ -121,13 +121,10 @@ def _checkpoint_files(path: Path) -> list[Path]:
 
 
 def _read_config(path: Path) -> dict[str, Any] | None:
-    config = (path if path.is_dir() else path.parent) / "config.json"
-    if not config.is_file():
-        return None
     try:
-        return json.loads(config.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointReadError(f"{config}: not valid JSON ({exc})") from exc
+        return read_optional_json((path if path.is_dir() else path.parent) / "config.json", "checkpoint config")
+    except ValueError as exc:  # the message names the file
+        raise CheckpointReadError(str(exc)) from exc
 
 
 def _describe(file: Path, source: SourceCheckpoint) -> Iterator[tuple[str, tuple[int, ...], torch.dtype]]:
